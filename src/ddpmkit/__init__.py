@@ -1,0 +1,3 @@
+"""ddpmkit: Denoising Diffusion Probabilistic Models on CelebA."""
+
+__version__ = "0.1.0"

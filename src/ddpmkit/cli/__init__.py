@@ -1,0 +1,1 @@
+"""The `ddpmkit` command line: thin wiring from options to the library."""

@@ -1,0 +1,62 @@
+"""`ddpmkit prepare`: decode, crop and resize CelebA (or an image folder) once into a cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+from typing_extensions import Annotated
+
+from ddpmkit.cli.common import ConfigOpt, PresetOpt, SetOpt, console, out, resolve_settings, user_errors
+
+
+@user_errors
+def prepare(
+    size: Annotated[Optional[int], typer.Option("--size", help="Prepared image side in pixels (sets data.size and model.image_size).")] = None,
+    crop: Annotated[Optional[str], typer.Option("--crop", help="ddim (128 box at top 57, left 25), center140, or full.")] = None,
+    split: Annotated[Optional[str], typer.Option("--split", help="train, val, test or all (official partition).")] = None,
+    root: Annotated[Optional[Path], typer.Option("--root", help="CelebA root or image folder (default data.root, env DDPMKIT_DATA_ROOT).")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Where prepared caches go (default data.cache_dir).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Processes; 0 = all cores.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if a complete cache exists.")] = False,
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Find the dataset layout under the data root and build the image cache (reused when current)."""
+    from ddpmkit.data.prepare import prepare_dataset
+
+    data = {"size": size, "crop": crop, "split": split, "root": root, "cache_dir": cache_dir, "workers": workers}
+    # data.size must equal model.image_size; --size is about the data, so it sets both
+    overrides = {"data": data, "model": {"image_size": size}}
+    settings = resolve_settings(config, preset, set_, overrides)
+    cfg = settings.data
+    result = prepare_dataset(cfg, force=force, console=console, show_progress=True)
+    for note in result.notes:
+        console.print(f"note: {note}")
+    c = result.counts
+    verb = "reused" if result.reused else f"built in {result.seconds:.1f} s"
+    out.print(f"layout: {result.layout.kind} ({result.layout.root})")
+    line = f"images: {c['ok']} ok, {c['skipped']} skipped (corrupt or not images)"
+    if "attributes_missing" in c:
+        line += f", {c['attributes_missing']} without attributes"
+    out.print(line)
+    out.print(f"cache: {result.path} ({verb})")
+    table = Table(title="prepared dataset")
+    table.add_column("setting")
+    table.add_column("value", overflow="fold")
+    for k, v in result.index["settings"].items():
+        table.add_row(k, str(v))
+    table.add_row("images", f"{c['ok']} of {c['candidates']}")
+    table.add_row("per split", ", ".join(f"{k} {v}" for k, v in c["per_split"].items() if v))
+    table.add_row("skipped", f"{c['skipped']} (listed in report.txt)" if c["skipped"] else "0")
+    if "attributes_missing" in c:
+        table.add_row(
+            "attributes missing",
+            f"{c['attributes_missing']} (file declares {c['attributes_declared']}, has {c['attributes_rows']} rows)",
+        )
+    if not result.reused:
+        table.add_row("speed", f"{c['images_per_second']:,.0f} img/s with {c['workers']} processes")
+    out.print(table)

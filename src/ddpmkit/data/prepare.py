@@ -1,0 +1,319 @@
+"""`prepare`: decode, crop and resize a dataset once into a memory-mappable uint8 cache.
+
+Flow: detect the layout -> list images -> pick the split -> cache key from (size, crop, split)
+and the source fingerprint -> reuse a complete cache with that key, or build one in a temporary
+folder with a process pool over chunks of images and rename it into place.
+
+Torch is never imported here: the workers need only PIL and numpy.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import multiprocessing as mp
+import os
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
+
+import numpy as np
+from numpy.lib.format import open_memmap
+from rich.console import Console
+
+from ddpmkit.data import cache as C
+from ddpmkit.data.celeba import (
+    SPLIT_CODES,
+    AttributeTable,
+    Layout,
+    base_name,
+    detect_layout,
+    list_images,
+    read_attributes,
+    read_partition,
+    source_fingerprint,
+)
+from ddpmkit.data.crops import load_square
+from ddpmkit.errors import DdpmkitError
+from ddpmkit.io_utils import atomic_path, write_text_atomic
+
+if TYPE_CHECKING:
+    from ddpmkit.settings import DataConfig
+
+CHUNK = 64  # images per task: ~30 ms of work, small enough for a smooth progress bar
+
+
+@dataclass
+class PrepareResult:
+    """What `prepare_dataset` found or built. `index` is the cache's index.json."""
+
+    path: Path
+    layout: Layout
+    reused: bool
+    index: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def counts(self) -> dict[str, Any]:
+        return self.index["counts"]
+
+
+# ---------------------------------------------------------------- worker side
+
+
+_ZIPS: dict[str, zipfile.ZipFile] = {}  # one open archive per worker process
+
+
+def _open_source(kind: str, images: str, name: str):
+    if kind == "official-zip":
+        zf = _ZIPS.get(images)
+        if zf is None:
+            zf = _ZIPS[images] = zipfile.ZipFile(images)
+        return io.BytesIO(zf.read(name))  # PIL needs a seekable file
+    return os.path.join(images, name)
+
+
+def _process_chunk(task: tuple[str, str, list[str], str, int]) -> tuple[np.ndarray, list[bool], list[tuple[str, str]]]:
+    """Decode one chunk. Returns (k, 3, S, S) uint8 of the readable images, an ok flag per
+    name, and (name, reason) for each skipped one. Never raises for a bad image."""
+    kind, images, names, crop, size = task
+    out = np.empty((len(names), 3, size, size), dtype=np.uint8)
+    ok: list[bool] = []
+    skipped: list[tuple[str, str]] = []
+    k = 0
+    for name in names:
+        try:
+            out[k] = load_square(_open_source(kind, images, name), crop, size)
+        except Exception as e:  # corrupt, truncated, empty, not an image, unreadable
+            ok.append(False)
+            reason = f"{type(e).__name__}: {e}".replace("\n", " ").replace("\t", " ")
+            skipped.append((name, reason[:200]))
+            continue
+        ok.append(True)
+        k += 1
+    return out[:k], ok, skipped
+
+
+# ---------------------------------------------------------------- main side
+
+
+def _chunks(names: list[str], n: int) -> Iterator[list[str]]:
+    for i in range(0, len(names), n):
+        yield names[i : i + n]
+
+
+def _make_pool(workers: int):
+    """A process pool; fork where the platform has it (Linux), the platform default elsewhere.
+
+    Fork, because spawn/forkserver re-import the parent's __main__ (breaks scripts fed on stdin
+    and notebooks) and cost an interpreter start per worker. The workers only run PIL and numpy,
+    never torch, so inheriting the parent's torch state is harmless. The pool is made before the
+    progress bar starts its refresh thread, so no thread is running at fork time.
+    """
+    methods = mp.get_all_start_methods()
+    ctx = mp.get_context("fork" if "fork" in methods and os.name == "posix" else None)
+    return ctx.Pool(workers)
+
+
+def _progress(console: Console, enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not enabled,
+        transient=False,
+    )
+
+
+def resolve_workers(workers: int) -> int:
+    """0 = all cores (the ones this process may use)."""
+    if workers > 0:
+        return workers
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _select(layout: Layout, names: list[str], split: str) -> tuple[list[str], list[int], str, list[str]]:
+    """Filter by split. Returns (names, split codes, effective split, notes)."""
+    notes: list[str] = []
+    if layout.kind == "folder":
+        if split != "all":
+            notes.append(f"a plain folder has no partition: using all images (split '{split}' ignored)")
+        return names, [-1] * len(names), "all", notes
+    if layout.partition is None:
+        if split != "all":
+            raise DdpmkitError(
+                f"split '{split}' needs list_eval_partition.txt (or .csv) in {layout.root}, which is missing; "
+                f"add it or use --split all"
+            )
+        notes.append("no partition file: split codes unknown")
+        return names, [-1] * len(names), "all", notes
+    partition = read_partition(layout.partition)
+    codes = [partition.get(base_name(n), -1) for n in names]
+    outside = sum(c < 0 for c in codes)
+    if outside:
+        notes.append(f"{outside} images are not in {layout.partition.name} (kept only for split 'all')")
+    if split == "all":
+        return names, codes, split, notes
+    want = SPLIT_CODES[split]
+    keep = [i for i, c in enumerate(codes) if c == want]
+    return [names[i] for i in keep], [want] * len(keep), split, notes
+
+
+def prepare_dataset(
+    cfg: "DataConfig",
+    *,
+    force: bool = False,
+    console: Optional[Console] = None,
+    show_progress: bool = True,
+) -> PrepareResult:
+    """Find or build the cache for `cfg` (root, dataset, size, crop, split, cache_dir, workers).
+
+    `cfg.dataset == "folder"` treats the root as a plain folder; anything else auto-detects.
+    Raises DdpmkitError (one line) for a missing root, a missing partition file or no images.
+    """
+    console = console or Console(stderr=True, highlight=False)
+    t0 = time.perf_counter()
+    layout = detect_layout(cfg.root, "folder" if cfg.dataset == "folder" else "celeba")
+    console.print(f"found {layout.describe()}")
+    all_names = list_images(layout)
+    names, codes, split, notes = _select(layout, all_names, cfg.split)
+    if not names:
+        raise DdpmkitError(f"no images of split '{split}' in {layout.images}")
+    settings = {"size": cfg.size, "crop": cfg.crop, "split": split}
+    key = C.cache_key(settings, source_fingerprint(layout, names))
+    dataset = "folder" if layout.kind == "folder" else "celeba"
+    final = Path(cfg.cache_dir) / C.cache_name(dataset, layout.kind, settings, key)
+    if not force and C.is_complete(final, key):
+        return PrepareResult(final, layout, True, C.read_index(final), notes, time.perf_counter() - t0)
+    attrs = read_attributes(layout.attributes) if layout.attributes else None
+    workers = resolve_workers(cfg.workers)
+    with atomic_path(final) as tmp:
+        tmp.mkdir()
+        index = _build(tmp, layout, names, codes, attrs, settings, key, workers, console, show_progress)
+        index["notes"] = notes
+        write_text_atomic(tmp / C.INDEX, json.dumps(index))
+        (tmp / C.MARKER).write_text(key + "\n")  # last: its presence means "complete"
+    return PrepareResult(final, layout, False, index, notes, time.perf_counter() - t0)
+
+
+def _build(
+    tmp: Path,
+    layout: Layout,
+    names: list[str],
+    codes: list[int],
+    attrs: Optional[AttributeTable],
+    settings: dict[str, Any],
+    key: str,
+    workers: int,
+    console: Console,
+    show_progress: bool,
+) -> dict[str, Any]:
+    size, n = settings["size"], len(names)
+    images = open_memmap(tmp / C.IMAGES, mode="w+", dtype=np.uint8, shape=(n, 3, size, size))
+    tasks = [(layout.kind, str(layout.images), chunk, settings["crop"], size) for chunk in _chunks(names, CHUNK)]
+    workers = min(workers, len(tasks))
+    kept: list[int] = []  # positions in `names` of the images written, in order
+    skipped: list[tuple[str, str]] = []
+    w = 0
+    start = time.perf_counter()
+    pool = _make_pool(workers) if workers > 1 else None
+    try:
+        # imap keeps task order, so the cache order is the sorted file order for any worker count
+        results = pool.imap(_process_chunk, tasks) if pool else map(_process_chunk, tasks)
+        with _progress(console, show_progress) as bar:
+            job = bar.add_task(f"prepare {size}px {settings['crop']} ({workers} proc)", total=n, rate="")
+            for ci, (arr, ok, bad) in enumerate(results):
+                images[w : w + len(arr)] = arr
+                w += len(arr)
+                kept.extend(ci * CHUNK + j for j, flag in enumerate(ok) if flag)
+                skipped.extend(bad)
+                done = min(n, (ci + 1) * CHUNK)
+                rate = done / max(time.perf_counter() - start, 1e-9)
+                bar.update(job, completed=done, rate=f"{rate:,.0f} img/s")
+        if pool:
+            pool.close()
+    finally:
+        if pool:
+            pool.terminate()  # on error or Ctrl-C: no orphan workers
+            pool.join()
+    seconds = time.perf_counter() - start
+    images.flush()
+    del images
+    if w == 0:
+        first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+        raise DdpmkitError(f"none of the {n} images in {layout.images} could be read{first}")
+    if w < n:
+        C.shrink_npy(tmp / C.IMAGES, w)
+
+    kept_names = [names[i] for i in kept]
+    counts: dict[str, Any] = {
+        "candidates": n,
+        "ok": w,
+        "skipped": len(skipped),
+        "per_split": {s: sum(codes[i] == c for i in kept) for s, c in SPLIT_CODES.items()},
+        "seconds": round(seconds, 3),
+        "images_per_second": round(n / max(seconds, 1e-9), 1),
+        "workers": workers,
+    }
+    counts["per_split"]["none"] = sum(codes[i] < 0 for i in kept)
+    attr_names: list[str] = []
+    if attrs is not None:
+        table = np.zeros((w, len(attrs.names)), dtype=np.int8)  # 0 = no row in the file
+        missing = 0
+        for row, name in enumerate(kept_names):
+            v = attrs.get(base_name(name))
+            if v is None:
+                missing += 1
+            else:
+                table[row] = v
+        np.save(tmp / C.ATTRIBUTES, table, allow_pickle=False)
+        attr_names = attrs.names
+        counts.update(attributes_missing=missing, attributes_rows=attrs.rows, attributes_declared=attrs.declared)
+    _write_report(tmp / C.REPORT, layout, counts, skipped)
+    return {
+        "format": C.FORMAT_VERSION,
+        "key": key,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "settings": settings,
+        "source": {
+            "layout": layout.kind,
+            "root": str(layout.root.resolve()),
+            "images": str(layout.images.resolve()),
+            "partition": str(layout.partition.resolve()) if layout.partition else None,
+            "attributes": str(layout.attributes.resolve()) if layout.attributes else None,
+        },
+        "shape": [w, 3, size, size],
+        "dtype": "uint8",
+        "counts": counts,
+        "attribute_names": attr_names,
+        "files": kept_names,
+        "split": [codes[i] for i in kept],
+    }
+
+
+def _write_report(path: Path, layout: Layout, counts: dict[str, Any], skipped: Iterable[tuple[str, str]]) -> None:
+    lines = [
+        f"# ddpmkit prepare report: {layout.describe()}",
+        f"# candidates {counts['candidates']}, ok {counts['ok']}, skipped {counts['skipped']}",
+    ]
+    if "attributes_missing" in counts:
+        lines.append(
+            f"# attributes: {counts['attributes_missing']} images have no row "
+            f"(file declares {counts['attributes_declared']}, has {counts['attributes_rows']} rows)"
+        )
+    lines.append("# skipped files (name<TAB>reason):")
+    lines.extend(f"{name}\t{reason}" for name, reason in skipped)
+    path.write_text("\n".join(lines) + "\n")

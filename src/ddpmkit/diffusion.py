@@ -1,0 +1,116 @@
+"""The Gaussian diffusion itself: forward process, posterior, reverse step, training loss.
+
+Pure math on tensors and a NoiseSchedule; it knows nothing of the network, which reaches it
+only as an ε-prediction `eps: (B, C, H, W)` or as a callable `eps_model(x_t, t) -> eps`.
+Names follow Ho et al. (2020); t is the 0-based index described in `schedule.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ddpmkit.schedule import NoiseSchedule, extract
+
+EpsModel = Callable[[Tensor, Tensor], Tensor]
+Variance = Literal["fixed_small", "fixed_large"]
+
+
+def q_sample(sched: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+    """Sample q(x_t | x_0) = N(√ᾱ_t x_0, (1-ᾱ_t) I) in closed form (eq. 4).
+
+    x0, noise: (B, C, H, W); t: (B,) long in [0, T). Returns x_t, same shape as x0.
+    """
+    return extract(sched.sqrt_alphas_cumprod, t, x0) * x0 + extract(
+        sched.sqrt_one_minus_alphas_cumprod, t, x0
+    ) * noise
+
+
+def q_posterior(sched: NoiseSchedule, x0: Tensor, xt: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """q(x_{t-1} | x_t, x_0) = N(μ̃_t, β̃_t I) (eqs. 6, 7).
+
+    Returns (μ̃_t, β̃_t, log β̃_t clipped), the last two shaped (B, 1, 1, 1).
+    """
+    mean = extract(sched.posterior_mean_coef1, t, xt) * x0 + extract(sched.posterior_mean_coef2, t, xt) * xt
+    var = extract(sched.posterior_variance, t, xt)
+    log_var = extract(sched.posterior_log_variance_clipped, t, xt)
+    return mean, var, log_var
+
+
+def predict_x0_from_eps(sched: NoiseSchedule, xt: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+    """Invert eq. 4 for x_0: x̂_0 = (x_t - √(1-ᾱ_t) ε) / √ᾱ_t."""
+    return extract(sched.sqrt_recip_alphas_cumprod, t, xt) * xt - extract(
+        sched.sqrt_recipm1_alphas_cumprod, t, xt
+    ) * eps
+
+
+def predict_eps_from_x0(sched: NoiseSchedule, xt: Tensor, t: Tensor, x0: Tensor) -> Tensor:
+    """ε = (x_t - √ᾱ_t x_0) / √(1-ᾱ_t), written with the stored 1/√ᾱ_t coefficients."""
+    return (extract(sched.sqrt_recip_alphas_cumprod, t, xt) * xt - x0) / extract(
+        sched.sqrt_recipm1_alphas_cumprod, t, xt
+    )
+
+
+def p_mean_variance(
+    sched: NoiseSchedule,
+    xt: Tensor,
+    t: Tensor,
+    eps: Tensor,
+    variance: Variance = "fixed_small",
+    clip_x0: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """p_θ(x_{t-1} | x_t): mean through x̂_0 and the posterior, variance fixed (DDPM §3.2).
+
+    fixed_small: σ_t² = β̃_t (the posterior's); fixed_large: σ_t² = β_t, with β̃_2 at t = 1
+    as in DDPM's code. clip_x0 clamps x̂_0 to [-1, 1], the data range.
+    Returns (mean, log σ_t², x̂_0).
+    """
+    x0 = predict_x0_from_eps(sched, xt, t, eps)
+    if clip_x0:
+        x0 = x0.clamp(-1.0, 1.0)
+    mean, _, log_var = q_posterior(sched, x0, xt, t)
+    if variance == "fixed_large":
+        large = torch.cat([sched.posterior_variance[1:2], sched.betas[1:]]) if sched.T > 1 else sched.betas
+        log_var = extract(torch.log(large), t, xt)
+    elif variance != "fixed_small":
+        raise ValueError(f"unknown variance {variance!r}")
+    return mean, log_var, x0
+
+
+def p_sample_step(
+    sched: NoiseSchedule,
+    xt: Tensor,
+    t: Tensor,
+    eps: Tensor,
+    noise: Tensor,
+    variance: Variance = "fixed_small",
+    clip_x0: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """One ancestral step x_t -> x_{t-1} = μ_θ + σ_t z (Algorithm 2); no noise is added at t = 0.
+
+    Returns (x_{t-1}, x̂_0).
+    """
+    mean, log_var, x0 = p_mean_variance(sched, xt, t, eps, variance, clip_x0)
+    nonzero = (t != 0).to(xt.dtype).reshape(-1, *([1] * (xt.ndim - 1)))
+    return mean + nonzero * torch.exp(0.5 * log_var) * noise, x0
+
+
+def sample_timesteps(batch: int, T: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
+    """t ~ Uniform{0, ..., T-1}: every step is trained. (B,) long."""
+    return torch.randint(0, T, (batch,), device=device, generator=generator)
+
+
+def training_loss(
+    eps_model: EpsModel,
+    sched: NoiseSchedule,
+    x0: Tensor,
+    t: Tensor,
+    noise: Tensor,
+) -> Tensor:
+    """L_simple = E ||ε - ε_θ(√ᾱ_t x_0 + √(1-ᾱ_t) ε, t)||² (eq. 14), averaged over all elements."""
+    xt = q_sample(sched, x0, t, noise)
+    eps = eps_model(xt, t)
+    return F.mse_loss(eps.float(), noise.float())

@@ -1,0 +1,141 @@
+"""Where FID images come from: an image folder, a prepared dataset cache, or a stats .npz.
+
+Each image source yields uint8 batches (B, 3, H, W) and carries an `identity`, the facts that
+decide its statistics (used as the stats cache key): for a folder, its file names, sizes and
+mtimes; for a prepared cache, its cache key (the COMPLETE marker), the split and the count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from ddpmkit.errors import DdpmkitError
+
+# pytorch-fid's IMAGE_EXTENSIONS, so a folder means the same images to both
+IMAGE_EXTENSIONS = frozenset({"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"})
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+
+
+@dataclass
+class ImageSource:
+    """A finite set of images. `read(batch_size)` yields uint8 (B, 3, H, W) tensors."""
+
+    label: str
+    identity: dict[str, Any]
+    count: int
+    read: Callable[[int], Iterator[Tensor]]
+
+
+def list_image_files(folder: Path) -> list[Path]:
+    """Top-level image files, sorted by name (pytorch-fid's choice, so N means the same files)."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS)
+
+
+def is_image_folder(path: Path) -> bool:
+    return Path(path).is_dir() and any(True for _ in list_image_files(path))
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8, via PIL `.convert('RGB')` as pytorch-fid does."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError) as e:
+        raise DdpmkitError(f"cannot read image {path}: {e}") from e
+
+
+def folder_source(folder: Path, n: Optional[int] = None) -> ImageSource:
+    """The first `n` (all if None) images of a folder, in sorted name order."""
+    folder = Path(folder)
+    files = list_image_files(folder) if folder.is_dir() else []
+    if not files:
+        raise DdpmkitError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in folder {folder}")
+    if n is not None:
+        if n > len(files):
+            raise DdpmkitError(f"asked for {n} images but folder {folder} holds only {len(files)}")
+        files = files[:n]
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    identity = {"kind": "folder", "path": str(folder.resolve()), "files": h.hexdigest(), "n": len(files)}
+
+    def read(batch_size: int) -> Iterator[Tensor]:
+        for i in range(0, len(files), batch_size):
+            arrays = [load_rgb(f) for f in files[i : i + batch_size]]
+            shapes = {a.shape for a in arrays}
+            if len(shapes) > 1:
+                raise DdpmkitError(f"images in {folder} differ in size ({sorted(shapes)[:2]}): resize them first")
+            yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+    return ImageSource(f"folder-{folder.name}", identity, len(files), read)
+
+
+def is_prepared_cache(path: Path) -> bool:
+    from ddpmkit.data.cache import is_complete
+
+    return Path(path).is_dir() and is_complete(Path(path))
+
+
+def cache_source(path: Path, split: str = "all", n: Optional[int] = None) -> ImageSource:
+    """Images of one split ('all' = every image) of a prepared cache (`ddpmkit prepare`)."""
+    from ddpmkit.data.cache import MARKER, open_images, read_index
+
+    path = Path(path)
+    images = open_images(path)  # (N, 3, S, S) uint8, memory-mapped
+    index = read_index(path)
+    if split == "all":
+        rows = np.arange(len(images))
+    else:
+        codes = np.asarray(index.get("split", []))
+        if len(codes) != len(images):
+            raise DdpmkitError(f"cache {path} has no split codes for its {len(images)} images")
+        rows = np.flatnonzero(codes == SPLIT_CODES[split])
+    if len(rows) == 0:
+        raise DdpmkitError(f"cache {path} holds no '{split}' images")
+    if n is not None:
+        if n > len(rows):
+            raise DdpmkitError(f"asked for {n} '{split}' images but cache {path} holds only {len(rows)}")
+        rows = rows[:n]
+    settings = index.get("settings", {})
+    identity = {
+        "kind": "cache",
+        "cache_key": (path / MARKER).read_text().strip(),
+        "split": split,
+        "crop": settings.get("crop"),
+        "size": int(images.shape[-1]),
+        "n": len(rows),
+    }
+
+    def read(batch_size: int) -> Iterator[Tensor]:
+        for i in range(0, len(rows), batch_size):
+            yield torch.from_numpy(np.ascontiguousarray(images[rows[i : i + batch_size]]))
+
+    return ImageSource(f"{path.name}-{split}", identity, len(rows), read)
+
+
+def find_prepared_cache(data_cfg, split: str) -> Path:  # data_cfg: settings.DataConfig
+    """The prepared cache under data.cache_dir with these pixels (dataset, size, crop) and split.
+
+    A cache prepared for split 'all' serves every split.
+    """
+    from ddpmkit.data.cache import find_caches, read_index
+
+    for path in find_caches(Path(data_cfg.cache_dir)):
+        s = read_index(path).get("settings", {})
+        if s.get("dataset", data_cfg.dataset) != data_cfg.dataset:
+            continue
+        if s.get("size") == data_cfg.size and s.get("crop") == data_cfg.crop and s.get("split") in (split, "all"):
+            return path
+    raise DdpmkitError(
+        f"no prepared {data_cfg.dataset} cache (size {data_cfg.size}, crop {data_cfg.crop}, split {split}) "
+        f"under data.cache_dir={data_cfg.cache_dir}: run `ddpmkit prepare` or give REFERENCE"
+    )

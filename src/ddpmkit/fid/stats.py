@@ -1,0 +1,109 @@
+"""Feature statistics (μ, Σ, count), the Fréchet distance, and the on-disk stats cache.
+
+FID = ||μ_1 - μ_2||² + Tr(Σ_1 + Σ_2 - 2 (Σ_1 Σ_2)^{1/2})   (Heusel et al. 2017).
+
+pytorch-fid takes the trace term from scipy's general `sqrtm(Σ_1 Σ_2)`, which needs a minute for
+2048x2048 on a small CPU. We use the symmetric form of the same number: Σ_1 Σ_2 is similar to
+Σ_1^{1/2} Σ_2 Σ_1^{1/2}, which is symmetric positive semi-definite, so
+Tr (Σ_1 Σ_2)^{1/2} = Σ_k √λ_k(Σ_1^{1/2} Σ_2 Σ_1^{1/2}) — two `eigh` calls, seconds, and well
+defined for the singular Σ of N < 2048 images. tests/test_fid.py checks it against pytorch-fid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from ddpmkit.errors import DdpmkitError
+from ddpmkit.io_utils import atomic_path
+
+STATS_FORMAT = 1
+
+
+@dataclass
+class FidStats:
+    """mu: (D,) float64; sigma: (D, D) float64; count: images used; meta: how they were made."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    count: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_features(cls, feats: np.ndarray, meta: Optional[dict[str, Any]] = None) -> "FidStats":
+        """feats: (N, D) with N >= 2. Σ is the unbiased covariance, as in pytorch-fid (np.cov)."""
+        if feats.ndim != 2 or feats.shape[0] < 2:
+            raise DdpmkitError(f"FID needs at least 2 images, got {feats.shape[0] if feats.ndim else 0}")
+        feats = feats.astype(np.float64)
+        return cls(feats.mean(axis=0), np.cov(feats, rowvar=False), int(feats.shape[0]), dict(meta or {}))
+
+    def save(self, path: Path) -> None:
+        """Write an .npz (mu, sigma, count, meta as JSON) atomically; no pickle."""
+        meta = json.dumps({"format": STATS_FORMAT, **self.meta}, sort_keys=True)
+        buf = io.BytesIO()
+        np.savez(buf, mu=self.mu, sigma=self.sigma, count=np.int64(self.count), meta=np.array(meta))
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(buf.getvalue())
+
+    @classmethod
+    def load(cls, path: Path) -> "FidStats":
+        """Read our .npz, or pytorch-fid's (mu and sigma only)."""
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                mu, sigma = f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
+                count = int(f["count"]) if "count" in f.files else 0
+                meta = json.loads(str(f["meta"])) if "meta" in f.files else {}
+        except (OSError, ValueError, KeyError) as e:
+            raise DdpmkitError(f"{path} is not a FID statistics .npz with mu and sigma ({e})".splitlines()[0]) from e
+        if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+            raise DdpmkitError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not fit together")
+        return cls(mu, sigma, count, meta)
+
+
+def frechet_distance(a: FidStats, b: FidStats) -> float:
+    """FID between two feature Gaussians (the module docstring explains the trace term)."""
+    if a.mu.shape != b.mu.shape:
+        raise DdpmkitError(f"FID statistics have different feature sizes: {a.mu.shape[0]} vs {b.mu.shape[0]}")
+    diff = a.mu - b.mu
+    w, v = np.linalg.eigh(a.sigma)
+    sqrt_a = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T  # Σ_1^{1/2}; tiny negative λ are round-off
+    m = sqrt_a @ b.sigma @ sqrt_a
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None)).sum()
+    return float(diff @ diff + np.trace(a.sigma) + np.trace(b.sigma) - 2.0 * tr_covmean)
+
+
+def stats_key(identity: dict[str, Any]) -> str:
+    """sha256 of everything that decides the statistics: source identity, N, weights, features."""
+    blob = json.dumps({"format": STATS_FORMAT, **identity}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def cached_stats(
+    cache_dir: Path,
+    label: str,
+    identity: dict[str, Any],
+    compute: Callable[[], FidStats],
+) -> tuple[FidStats, Path, bool]:
+    """Load `cache_dir/<label>-<key>.npz` if present, else compute it and store it.
+
+    The key hashes `identity` (source identity, split, crop, size, N, weights sha, feature spec),
+    so any change there names a different file: stale statistics are never read.
+    Returns (stats, path, whether it came from the cache).
+    """
+    key = stats_key(identity)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[:60]
+    path = Path(cache_dir) / f"{safe}-{key[:16]}.npz"
+    if path.is_file():
+        stats = FidStats.load(path)
+        if stats.meta.get("key") == key:
+            return stats, path, True
+    stats = compute()
+    stats.meta = {**stats.meta, "key": key, "identity": identity}
+    stats.save(path)
+    return stats, path, False

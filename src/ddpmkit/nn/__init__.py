@@ -1,0 +1,5 @@
+"""The ε-prediction U-Net: `UNet(cfg.model)`, and `count_parameters`."""
+
+from ddpmkit.nn.unet import UNet, count_parameters
+
+__all__ = ["UNet", "count_parameters"]

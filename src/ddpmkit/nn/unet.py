@@ -1,0 +1,194 @@
+"""The ε-prediction U-Net of Ho et al. (2020), in the CelebA-64 shape of Song et al. (2021, DDIM).
+
+Layout (DDPM's `diffusion_tf/models/unet.py`, the DDIM repository's `Model`):
+
+- time embedding: sinusoidal(ch) -> Linear(ch, 4ch) -> SiLU -> Linear(4ch, 4ch);
+- conv_in 3x3: in_channels -> ch;
+- down path, level i = 0..L-1 at resolution image_size / 2^i: num_res_blocks ResBlocks to
+  ch·ch_mult[i] (each followed by an AttnBlock when the resolution is in attn_resolutions), then a
+  Downsample except at the last level; every block output is kept as a skip;
+- middle: ResBlock, AttnBlock, ResBlock;
+- up path, levels L-1..0: num_res_blocks + 1 ResBlocks, each on concat(features, popped skip)
+  (attention as on the way down), then an Upsample except at level 0;
+- out: GroupNorm, SiLU, conv 3x3 to in_channels.
+
+Initialisation is DDPM's (see `blocks.py`): Xavier-uniform everywhere, zero for the last conv
+of every ResBlock, every attention projection and the output conv, so a fresh network predicts
+ε = 0 for every input.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ddpmkit.errors import DdpmkitError
+from ddpmkit.nn.blocks import GROUPNORM_EPS, AttnBlock, Downsample, ResBlock, Upsample, conv3x3, init_layer
+from ddpmkit.nn.embeddings import timestep_embedding
+from ddpmkit.settings import ModelConfig
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of scalar parameters in `module` (shared tensors counted once)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+class _Level(nn.Module):
+    """One resolution level: ResBlocks, each followed by attention or an identity, then resampling."""
+
+    def __init__(self, res: list[ResBlock], attn: list[nn.Module], resample: Optional[nn.Module]) -> None:
+        super().__init__()
+        self.res = nn.ModuleList(res)
+        self.attn = nn.ModuleList(attn)
+        self.resample = resample
+
+
+class UNet(nn.Module):
+    """ε_θ(x_t, t[, c]): predicts the noise in x_t.
+
+    Built from a `ModelConfig`; `self.cfg` keeps a copy. When cfg.cond_dim > 0 a
+    Linear(cond_dim, 4ch) of the condition is added to the time embedding, and a learned null
+    embedding stands in for it where no condition is given (classifier-free guidance).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg.model_copy()
+        ch, groups, drop = cfg.ch, cfg.num_groups, cfg.dropout
+        emb_dim = 4 * ch
+        self.num_levels = len(cfg.ch_mult)
+        self._size_multiple = 2 ** (self.num_levels - 1)
+
+        def attn(channels: int) -> AttnBlock:
+            if cfg.head_channels and channels % cfg.head_channels:
+                raise DdpmkitError(
+                    f"model.head_channels {cfg.head_channels} does not divide the {channels} channels "
+                    "of an attention layer"
+                )
+            return AttnBlock(channels, groups, cfg.head_channels)
+
+        self.temb = nn.Sequential(
+            init_layer(nn.Linear(ch, emb_dim)), nn.SiLU(), init_layer(nn.Linear(emb_dim, emb_dim))
+        )
+        if cfg.cond_dim > 0:
+            proj = nn.Linear(cfg.cond_dim, emb_dim)
+            self.cond_proj: Optional[nn.Linear] = init_layer(proj)  # type: ignore[assignment]
+            # Zero: "no condition" starts out adding nothing to the time embedding.
+            self.null_cond: Optional[nn.Parameter] = nn.Parameter(torch.zeros(emb_dim))
+        else:
+            self.cond_proj = None
+            self.null_cond = None
+
+        self.conv_in = conv3x3(cfg.in_channels, ch)
+
+        # Down path; skip_ch records the channels of every kept feature map, in push order.
+        skip_ch = [ch]
+        cur, size = ch, cfg.image_size
+        self.down = nn.ModuleList()
+        for i, mult in enumerate(cfg.ch_mult):
+            out = ch * mult
+            res, att = [], []
+            for _ in range(cfg.num_res_blocks):
+                res.append(ResBlock(cur, out, emb_dim, groups, drop))
+                att.append(attn(out) if size in cfg.attn_resolutions else nn.Identity())
+                cur = out
+                skip_ch.append(cur)
+            last = i == self.num_levels - 1
+            self.down.append(_Level(res, att, None if last else Downsample(cur)))
+            if not last:
+                skip_ch.append(cur)
+                size //= 2
+
+        self.mid1 = ResBlock(cur, cur, emb_dim, groups, drop)
+        self.mid_attn = attn(cur)
+        self.mid2 = ResBlock(cur, cur, emb_dim, groups, drop)
+
+        # Up path, indexed by level like the down path (self.up[i] runs at image_size / 2^i).
+        up: list[_Level] = []
+        for i in reversed(range(self.num_levels)):
+            out = ch * cfg.ch_mult[i]
+            res, att = [], []
+            for _ in range(cfg.num_res_blocks + 1):
+                res.append(ResBlock(cur + skip_ch.pop(), out, emb_dim, groups, drop))
+                att.append(attn(out) if size in cfg.attn_resolutions else nn.Identity())
+                cur = out
+            up.insert(0, _Level(res, att, Upsample(cur) if i != 0 else None))
+            if i != 0:
+                size *= 2
+        assert not skip_ch, "every skip connection must be consumed"
+        self.up = nn.ModuleList(up)
+
+        self.norm_out = nn.GroupNorm(groups, cur, eps=GROUPNORM_EPS)
+        self.conv_out = conv3x3(cur, cfg.in_channels, zero=True)
+
+    def embed(self, t: Tensor, cond: Optional[Tensor] = None, drop_cond: Optional[Tensor] = None) -> Tensor:
+        """Time (+ condition) embedding, (B, 4ch). Arguments as in `forward`."""
+        w = self.temb[0].weight
+        emb = self.temb(timestep_embedding(t, self.cfg.ch).to(w.dtype))
+        if self.cond_proj is None or self.null_cond is None:
+            if cond is not None or drop_cond is not None:
+                raise ValueError("a condition was passed but this model has model.cond_dim = 0")
+            return emb
+        B = t.shape[0]
+        if cond is None:
+            c = emb.new_zeros(B, self.cfg.cond_dim)
+            drop = torch.ones(B, dtype=torch.bool, device=emb.device)
+        else:
+            if cond.shape != (B, self.cfg.cond_dim):
+                raise ValueError(f"cond must have shape ({B}, {self.cfg.cond_dim}), got {tuple(cond.shape)}")
+            c = cond.to(w.dtype)
+            drop = (
+                torch.zeros(B, dtype=torch.bool, device=emb.device) if drop_cond is None else drop_cond.bool()
+            )
+        # torch.where, not a Python branch: cond_proj and null_cond are both in every graph, so
+        # DDP without find_unused_parameters and torch.compile see one structure per call shape.
+        return emb + torch.where(drop[:, None], self.null_cond.to(emb.dtype), self.cond_proj(c))
+
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        cond: Optional[Tensor] = None,
+        drop_cond: Optional[Tensor] = None,
+    ) -> Tensor:
+        """Predict ε.
+
+        x: (B, in_channels, H, W) float, x_t in roughly [-1, 1]; H and W divisible by
+           2^(len(ch_mult)-1) (attention sits where it was placed for cfg.image_size).
+        t: (B,) long or float timestep indices in [0, T), or a scalar for the whole batch.
+        cond: optional (B, cond_dim) condition (e.g. CelebA attributes), only when cond_dim > 0;
+           None means the learned null (unconditional) embedding for every sample.
+        drop_cond: optional (B,) bool, True where the null embedding replaces cond (CFG training).
+        Returns ε̂: (B, in_channels, H, W), in x's dtype unless autocast is on (then bf16/fp16).
+        Raises ValueError on a wrong shape or on cond given to an unconditional model.
+        """
+        if x.dim() != 4 or x.shape[1] != self.cfg.in_channels:
+            raise ValueError(f"x must be (B, {self.cfg.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.shape[2] % self._size_multiple or x.shape[3] % self._size_multiple:
+            raise ValueError(
+                f"x height and width must be multiples of {self._size_multiple}, got {tuple(x.shape)}"
+            )
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
+        emb = self.embed(t, cond, drop_cond)
+
+        hs = [self.conv_in(x)]
+        for level in self.down:
+            for res, attn in zip(level.res, level.attn):
+                hs.append(attn(res(hs[-1], emb)))
+            if level.resample is not None:
+                hs.append(level.resample(hs[-1]))
+
+        h = self.mid2(self.mid_attn(self.mid1(hs[-1], emb)), emb)
+
+        for i in reversed(range(self.num_levels)):
+            level = self.up[i]
+            for res, attn in zip(level.res, level.attn):
+                h = attn(res(torch.cat([h, hs.pop()], dim=1), emb))
+            if level.resample is not None:
+                h = level.resample(h)
+
+        return self.conv_out(F.silu(self.norm_out(h)))

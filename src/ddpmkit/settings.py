@@ -1,0 +1,288 @@
+"""Settings shared by every subcommand: a preset, then a YAML file, then command-line overrides.
+
+Precedence, lowest first: the model defaults below < the preset (`--preset`, default `demo`)
+< the YAML file (`--config`) < `--set key=value` < the dedicated options (`--epochs 50`).
+Every section forbids unknown keys, so a typo is an error that names the key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ddpmkit.errors import DdpmkitError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+DEFAULT_PRESET = "demo"
+DATA_ROOT_ENV = "DDPMKIT_DATA_ROOT"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class ModelConfig(_Section):
+    """The ε-prediction U-Net."""
+
+    image_size: int = Field(64, ge=8, le=1024, description="side of the square images, pixels")
+    in_channels: int = Field(3, ge=1)
+    ch: int = Field(128, ge=8, description="base channel count")
+    ch_mult: tuple[int, ...] = Field((1, 2, 2, 2, 4), min_length=1)
+    num_res_blocks: int = Field(2, ge=1)
+    attn_resolutions: tuple[int, ...] = (16,)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    num_groups: int = Field(32, ge=1, description="GroupNorm groups")
+    head_channels: int = Field(0, ge=0, description="channels per attention head; 0 = one head")
+    cond_dim: int = Field(0, ge=0, description="conditioning vector size (e.g. 40 CelebA attributes); 0 = none")
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> "ModelConfig":
+        down = 2 ** (len(self.ch_mult) - 1)
+        if self.image_size % down:
+            raise ValueError(
+                f"image_size {self.image_size} is not divisible by 2**(len(ch_mult)-1) = {down}"
+            )
+        for m in self.ch_mult:
+            if (self.ch * m) % self.num_groups:
+                raise ValueError(f"ch*{m} = {self.ch * m} is not divisible by num_groups {self.num_groups}")
+        return self
+
+
+class DiffusionConfig(_Section):
+    """The forward process: β_1..β_T."""
+
+    schedule: Literal["linear", "cosine"] = "linear"
+    timesteps: int = Field(1000, ge=2, le=100_000, description="T")
+    beta_start: float = Field(1e-4, gt=0.0, lt=1.0)
+    beta_end: float = Field(0.02, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _check_betas(self) -> "DiffusionConfig":
+        if self.schedule == "linear" and self.beta_end < self.beta_start:
+            raise ValueError("beta_end must be >= beta_start")
+        return self
+
+
+class DataConfig(_Section):
+    """Where training images come from."""
+
+    dataset: Literal["synthetic", "celeba", "folder"] = "synthetic"
+    root: Path = Field(
+        default_factory=lambda: Path(os.environ.get(DATA_ROOT_ENV, "data/celeba")),
+        description=f"CelebA root or image folder (environment: {DATA_ROOT_ENV})",
+    )
+    cache_dir: Path = Path("data/cache")
+    size: int = Field(64, ge=8, le=1024, description="prepared image side, pixels")
+    crop: Literal["ddim", "center140", "full"] = "ddim"
+    split: Literal["train", "val", "test", "all"] = "train"
+    hflip: bool = True
+    synthetic_count: int = Field(4096, ge=1, description="images in the generated demo dataset")
+    synthetic_seed: int = Field(0, ge=0, description="seed of the generated demo dataset")
+    workers: int = Field(0, ge=0, description="processes for prepare; 0 = all cores")
+
+
+class TrainConfig(_Section):
+    """Optimisation and bookkeeping."""
+
+    run_dir: Path = Path("runs/demo")
+    epochs: Optional[int] = Field(None, ge=1, description="stop after this many epochs")
+    max_steps: Optional[int] = Field(None, ge=1, description="stop after this many steps")
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(2e-4, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_steps: int = Field(5000, ge=0)
+    grad_clip: float = Field(1.0, ge=0.0, description="max gradient norm; 0 = off")
+    ema_decay: float = Field(0.9999, ge=0.0, lt=1.0)
+    ema_warmup: bool = Field(True, description="use min(decay, (1+n)/(10+n)) so early EMA is not stuck at init")
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    compile: bool = False
+    channels_last: bool = Field(True, description="channels_last memory format on CUDA")
+    device: str = "auto"
+    log_every: int = Field(50, ge=1)
+    sample_every: int = Field(1000, ge=0, description="EMA sample grid every N steps; 0 = off")
+    ckpt_every: int = Field(5000, ge=0, description="checkpoint every N steps; 0 = only at the end")
+    keep_checkpoints: int = Field(3, ge=1)
+    num_samples: int = Field(16, ge=1, description="images in each training sample grid")
+    tensorboard: bool = Field(True, description="also write TensorBoard events if tensorboard is installed")
+
+
+class SampleConfig(_Section):
+    """Generation."""
+
+    sampler: Literal["ddpm", "ddim", "dpmsolver++"] = "ddpm"
+    steps: Optional[int] = Field(None, ge=1, description="network calls; None = T for ddpm, 50 otherwise")
+    spacing: Literal["uniform", "quadratic", "trailing"] = "uniform"
+    eta: float = Field(0.0, ge=0.0, description="DDIM stochasticity: 0 = deterministic, 1 = DDPM-like")
+    variance: Literal["fixed_small", "fixed_large"] = "fixed_small"
+    clip_x0: bool = True
+    n: int = Field(16, ge=1)
+    batch_size: int = Field(64, ge=1)
+    seed: int = 0
+    use_ema: bool = True
+    out_dir: Path = Path("outputs/samples")
+    gif_frames: int = Field(40, ge=2)
+
+
+FID_WEIGHTS_ENV = "DDPMKIT_FID_WEIGHTS"
+
+
+class FidConfig(_Section):
+    """FID evaluation (Inception-v3 pool3 features, pytorch-fid's network and formula)."""
+
+    weights: Optional[Path] = Field(
+        None,
+        description=f"FID Inception weights file; None = ${FID_WEIGHTS_ENV}, else ../shared/fid/, "
+        "else ~/.cache/ddpmkit/ (pt_inception-2015-12-05-fid-nofc.pth)",
+    )
+    verify_weights: bool = Field(True, description="check the weights file's sha256 against the known ones")
+    n: int = Field(10_000, ge=2, description="generated images per FID")
+    batch_size: int = Field(50, ge=1, description="images per Inception forward pass")
+    ref_split: Optional[Literal["train", "val", "test", "all"]] = Field(
+        None, description="reference split of the prepared dataset; None = data.split"
+    )
+    ref_n: Optional[int] = Field(None, ge=2, description="reference images (the first ref_n); None = all")
+    every: int = Field(0, ge=0, description="FID during training every N steps; 0 = off")
+    every_n: int = Field(500, ge=2, description="generated images for the training-time FID")
+    every_sampler: Literal["ddpm", "ddim", "dpmsolver++"] = "dpmsolver++"
+    every_steps: int = Field(20, ge=1, description="sampler steps for the training-time FID")
+
+
+class Settings(_Section):
+    preset: Optional[str] = None
+    model: ModelConfig = ModelConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    sample: SampleConfig = SampleConfig()
+    fid: FidConfig = FidConfig()
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> "Settings":
+        if self.data.size != self.model.image_size:
+            raise ValueError(
+                f"data.size ({self.data.size}) must equal model.image_size ({self.model.image_size})"
+            )
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------- loading and merging
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def read_yaml(path: Path, what: str) -> dict[str, Any]:
+    if not path.exists():
+        raise DdpmkitError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise DdpmkitError(f"{what} is a directory, not a YAML file: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise DdpmkitError(f"{what} {path} is not valid YAML{where}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise DdpmkitError(f"{what} {path} must hold a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def preset_dict(name: str) -> dict[str, Any]:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise DdpmkitError(f"unknown preset '{name}'; choose one of: {', '.join(available_presets())}")
+    return read_yaml(path, "preset")
+
+
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_assignment(text: str) -> dict[str, Any]:
+    """`train.lr=1e-4` -> {"train": {"lr": 1e-4}}; the value is parsed as YAML."""
+    if "=" not in text:
+        raise DdpmkitError(f"--set expects key=value, got '{text}'")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if len(parts) != 2:
+        raise DdpmkitError(f"--set key must be section.name (e.g. train.lr), got '{key}'")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return {parts[0]: {parts[1]: value}}
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if not isinstance(p, int)) or "settings"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif "input" in first and first["type"] != "missing" and not isinstance(first["input"], dict):
+        msg = f"{msg} (got {first['input']!r})"
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"bad setting {loc} in {source}: {msg}{more}"
+
+
+def build_settings(
+    preset: str | None = None,
+    config: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    sets: list[str] | None = None,
+) -> Settings:
+    """Resolve the settings. Raises DdpmkitError with a one-line message on any bad input."""
+    file_dict = read_yaml(Path(config), "config file") if config is not None else {}
+    preset = preset or file_dict.get("preset") or DEFAULT_PRESET
+    merged = preset_dict(str(preset))
+    sources = [f"preset '{preset}'"]
+    if config is not None:
+        merged = deep_merge(merged, file_dict)
+        sources.append(str(config))
+    for s in sets or []:
+        merged = deep_merge(merged, parse_assignment(s))
+    if sets:
+        sources.append("--set")
+    merged = deep_merge(merged, _drop_none(overrides or {}))
+    merged["preset"] = preset
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as e:
+        raise DdpmkitError(format_validation_error(e, " + ".join(sources))) from None
+
+
+def settings_from_dict(data: dict[str, Any], source: str) -> Settings:
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        raise DdpmkitError(format_validation_error(e, source)) from None
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = _drop_none(v)
+            if v:
+                out[k] = v
+        elif v is not None:
+            out[k] = v
+    return out

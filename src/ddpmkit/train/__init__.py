@@ -1,0 +1,1 @@
+"""Training: the loop, EMA weights, checkpoints and the run directory."""

@@ -1,0 +1,308 @@
+"""FID: offline Inception weights, agreement with pytorch-fid, sanity on real CelebA, the stats cache, the CLI.
+
+The Inception forward pass costs ~0.1 s per image on 2 CPU cores, so the image sets are small
+(≤ 80 each) and every set's features are computed once per module. Real images come from
+../shared/celeba; they are cropped into a temporary folder, never into the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from ddpmkit.errors import DdpmkitError
+from ddpmkit.fid import (
+    FidExtractor,
+    FidMonitor,
+    FidStats,
+    cached_stats,
+    folder_source,
+    frechet_distance,
+    resolve_weights,
+)
+from ddpmkit.fid.inception import WEIGHTS_NAME
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:Matrix is singular")
+from ddpmkit.settings import FID_WEIGHTS_ENV
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+CELEBA = SHARED / "celeba"
+WEIGHTS = SHARED / "fid" / WEIGHTS_NAME
+N_REAL = 80  # per split
+N_CMP = 40  # images per folder in the pytorch-fid comparison
+N_NOISE = 40
+
+
+def _celeba_names(split_code: int, n: int) -> list[str]:
+    present = {p.name for p in (CELEBA / "img_align_celeba").iterdir()}
+    names = []
+    with open(CELEBA / "list_eval_partition.txt") as f:
+        for line in f:
+            name, code = line.split()
+            if int(code) == split_code and name in present:
+                names.append(name)
+                if len(names) == n:
+                    break
+    return names
+
+
+def _write_crops(names: list[str], folder: Path) -> Path:
+    """Center 140x140 face crop of the 178x218 aligned image, resized to 64x64, as PNG."""
+    folder.mkdir(parents=True)
+    for name in names:
+        with Image.open(CELEBA / "img_align_celeba" / name) as im:
+            w, h = im.size
+            box = ((w - 140) // 2, (h - 140) // 2, (w + 140) // 2, (h + 140) // 2)
+            im.convert("RGB").crop(box).resize((64, 64), Image.BICUBIC).save(folder / f"{Path(name).stem}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("fid_images")
+    train, val = _celeba_names(0, N_REAL), _celeba_names(1, N_REAL)
+    rng = np.random.default_rng(0)
+    noise = root / "noise"
+    noise.mkdir()
+    for i in range(N_NOISE):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(noise / f"{i:03d}.png")
+    return {
+        "train": _write_crops(train, root / "train"),
+        "val": _write_crops(val, root / "val"),
+        "train_cmp": _write_crops(train[:N_CMP], root / "train_cmp"),
+        "val_cmp": _write_crops(val[:N_CMP], root / "val_cmp"),
+        "noise": noise,
+    }
+
+
+@pytest.fixture(scope="module")
+def extractor() -> FidExtractor:
+    return FidExtractor(WEIGHTS, "cpu", batch_size=40)
+
+
+@pytest.fixture(scope="module")
+def feats(folders, extractor) -> dict[str, np.ndarray]:
+    """Pool3 features of every set, through our folder reader: computed once."""
+    return {k: extractor.features(folder_source(folders[k]).read(40)) for k in ("train", "val", "noise")}
+
+
+def _offline_pytorch_fid(monkeypatch) -> None:
+    """Let pytorch-fid build its own network, with the weights from our file instead of a download."""
+    import pytorch_fid.inception as pfi
+
+    monkeypatch.setattr(pfi, "load_state_dict_from_url", lambda *a, **k: torch.load(WEIGHTS, weights_only=True))
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def test_missing_weights_file_names_the_setting(tmp_path, monkeypatch):
+    with pytest.raises(DdpmkitError) as e:
+        resolve_weights(tmp_path / "nope.pth")
+    msg = str(e.value)
+    assert "fid.weights" in msg and FID_WEIGHTS_ENV in msg and "nope.pth" in msg and "\n" not in msg
+    # the default search: the environment variable wins
+    monkeypatch.setenv(FID_WEIGHTS_ENV, str(tmp_path / "env.pth"))
+    with pytest.raises(DdpmkitError, match="env.pth"):
+        FidExtractor(None)
+
+
+def test_default_weights_found_through_environment(monkeypatch):
+    monkeypatch.setenv(FID_WEIGHTS_ENV, str(WEIGHTS))
+    assert resolve_weights(None) == WEIGHTS
+
+
+def test_wrong_weights_file_is_rejected(tmp_path):
+    bad = tmp_path / "bad.pth"
+    torch.save({"w": torch.zeros(3)}, bad)
+    with pytest.raises(DdpmkitError, match="fid.verify_weights"):
+        FidExtractor(bad)
+
+
+# ----------------------------------------------------------------------------- values
+
+
+@pytest.mark.slow
+def test_matches_pytorch_fid_on_the_same_png_files(folders, feats, monkeypatch):
+    """Our uint8 pipeline vs pytorch-fid's own (PIL -> ToTensor -> its InceptionV3), same files.
+
+    With 40 < 2048 images Σ is singular; both use pytorch-fid's formula with its ε fallback.
+    """
+    from pytorch_fid.fid_score import calculate_fid_given_paths
+
+    _offline_pytorch_fid(monkeypatch)
+    theirs = calculate_fid_given_paths(
+        [str(folders["train_cmp"]), str(folders["val_cmp"])], batch_size=20, device="cpu", dims=2048, num_workers=0
+    )
+    ours = frechet_distance(
+        FidStats.from_features(feats["train"][:N_CMP]), FidStats.from_features(feats["val"][:N_CMP])
+    )
+    assert theirs > 1.0  # a real distance, not a degenerate zero
+    assert abs(ours - theirs) / theirs < 1e-3, (ours, theirs)
+
+
+@pytest.mark.slow
+def test_real_celeba_train_vs_val_is_small_noise_is_large(feats):
+    train, val, noise = (FidStats.from_features(feats[k]) for k in ("train", "val", "noise"))
+    self_fid = frechet_distance(val, val)
+    real = frechet_distance(train, val)
+    fake = frechet_distance(noise, val)
+    assert abs(self_fid) < 1e-3
+    assert 0 < real < 0.4 * fake, (real, fake)
+    assert fake > 200  # noise is nothing like a face
+
+
+def test_features_do_not_depend_on_batching(folders, extractor, feats):
+    """Same images, other batch size: same features (eval-mode network, per-image resize)."""
+    again = extractor.features(folder_source(folders["noise"], n=6).read(4))
+    np.testing.assert_allclose(again, feats["noise"][:6], rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- stats and cache
+
+
+def test_stats_roundtrip_and_pytorch_fid_npz(tmp_path):
+    rng = np.random.default_rng(0)
+    s = FidStats.from_features(rng.normal(size=(50, 8)), meta={"split": "val"})
+    s.save(tmp_path / "s.npz")
+    back = FidStats.load(tmp_path / "s.npz")
+    np.testing.assert_array_equal(back.mu, s.mu)
+    np.testing.assert_array_equal(back.sigma, s.sigma)
+    assert back.count == 50 and back.meta["split"] == "val"
+    np.savez(tmp_path / "theirs.npz", mu=s.mu, sigma=s.sigma)  # pytorch-fid's --save-stats format
+    assert frechet_distance(FidStats.load(tmp_path / "theirs.npz"), s) == pytest.approx(0, abs=1e-6)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(DdpmkitError, match="junk.npz"):
+        FidStats.load(tmp_path / "junk.npz")
+
+
+def test_stats_cache_is_reused_and_invalidated(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(folder / f"{i}.png")
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return FidStats.from_features(np.random.default_rng(len(calls)).normal(size=(5, 3)))
+
+    cache = tmp_path / "cache"
+    ident = lambda n=None: {"source": folder_source(folder, n).identity, "weights_sha256": "abc"}  # noqa: E731
+    a, path, reused = cached_stats(cache, "imgs", ident(), compute)
+    assert not reused and path.is_file() and len(calls) == 1
+    b, path2, reused = cached_stats(cache, "imgs", ident(), compute)
+    assert reused and path2 == path and len(calls) == 1
+    np.testing.assert_array_equal(a.sigma, b.sigma)
+    # each of these changes what the statistics would be: a new key, a recompute
+    cached_stats(cache, "imgs", ident(n=3), compute)  # fewer images
+    assert len(calls) == 2
+    cached_stats(cache, "imgs", {**ident(), "weights_sha256": "other"}, compute)  # other network
+    assert len(calls) == 3
+    Image.new("RGB", (8, 8), (0, 255, 0)).save(folder / "1.png")  # an image changed on disk
+    os.utime(folder / "1.png", ns=(1, 1))
+    _, path3, reused = cached_stats(cache, "imgs", ident(), compute)
+    assert not reused and path3 != path and len(calls) == 4
+    # a cache file whose content does not carry its key is not trusted
+    np.savez(path3, mu=np.zeros(3), sigma=np.eye(3))
+    _, _, reused = cached_stats(cache, "imgs", ident(), compute)
+    assert not reused and len(calls) == 5
+
+
+# ----------------------------------------------------------------------------- monitor and CLI
+
+
+def test_fid_monitor_against_stats(folders, extractor, feats):
+    ref = FidStats.from_features(feats["noise"])
+    monitor = FidMonitor(ref, WEIGHTS, n=N_NOISE, batch_size=40)
+    monitor.extractor = extractor  # the network is shared per process anyway
+    fid = monitor(folder_source(folders["noise"]).read(16))
+    assert abs(fid) < 1e-3
+
+
+def _cli():
+    import typer
+
+    from ddpmkit.cli.fid_cmd import fid
+
+    app = typer.Typer()
+    app.command()(fid)
+    return app
+
+
+@pytest.mark.slow
+def test_cli_folder_against_cached_reference(folders, feats, tmp_path):
+    runner = CliRunner()
+    cache_dir = tmp_path / "cache"
+    out = tmp_path / "fid.json"
+    args = [
+        str(folders["noise"]), str(folders["val"]), "--n", "20", "--device", "cpu", "--batch-size", "40",
+        "--set", f"fid.weights={WEIGHTS}", "--set", f"data.cache_dir={cache_dir}", "--out", str(out),
+    ]
+    r = runner.invoke(_cli(), args)
+    assert r.exit_code == 0, r.output
+    result = json.loads(out.read_text())
+    assert result["n"] == 20 and result["reference_n"] == N_REAL and result["fid"] > 200
+    assert result["reference"]["kind"] == "folder" and result["reference"]["reused"] is False
+    assert "FID" in r.output and "time_s" in result
+    # the stats of the folder against the same folder's statistics, straight from our features
+    expected = frechet_distance(FidStats.from_features(feats["noise"][:20]), FidStats.from_features(feats["val"]))
+    assert result["fid"] == pytest.approx(expected, rel=1e-4)
+
+    # an existing --out is kept unless --force; the reference statistics come from the cache
+    r = runner.invoke(_cli(), args)
+    assert r.exit_code == 2 and "--force" in r.output
+    r = runner.invoke(_cli(), args + ["--force"])
+    assert r.exit_code == 0, r.output
+    again = json.loads(out.read_text())
+    assert again["reference"]["reused"] is True
+    assert again["fid"] == pytest.approx(result["fid"], rel=1e-9)
+
+    # a .npz reference works as well
+    stats = Path(again["reference"]["stats_cache"])
+    r = runner.invoke(_cli(), [str(stats), str(stats), "--set", f"fid.weights={WEIGHTS}", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+
+
+def test_cli_missing_weights_is_a_one_line_error(tmp_path):
+    r = CliRunner().invoke(_cli(), [str(tmp_path), "--set", f"fid.weights={tmp_path / 'w.pth'}", "--device", "cpu"])
+    assert r.exit_code == 2
+    assert "fid.weights" in r.output and "w.pth" in r.output
+
+
+def test_cli_bad_source_names_it(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = CliRunner().invoke(
+        _cli(), [str(tmp_path / "x.npz"), str(empty), "--set", f"fid.weights={WEIGHTS}", "--device", "cpu"]
+    )
+    assert r.exit_code == 2 and "x.npz" in r.output
+
+
+def test_prepared_cache_source_filters_the_split(tmp_path):
+    """A cache as `ddpmkit prepare` writes it (data/cache.py): images.npy, index.json, COMPLETE."""
+    from ddpmkit.fid import cache_source, is_prepared_cache
+
+    path = tmp_path / "celeba-official-8-ddim-all-abc"
+    path.mkdir()
+    images = np.arange(5 * 3 * 8 * 8, dtype=np.int64).reshape(5, 3, 8, 8).astype(np.uint8)
+    np.save(path / "images.npy", images)
+    (path / "index.json").write_text(json.dumps({"split": [0, 1, 0, 2, 1], "settings": {"crop": "ddim", "size": 8}}))
+    (path / "COMPLETE").write_text("key1")
+    assert is_prepared_cache(path)
+    val = cache_source(path, "val")
+    got = torch.cat(list(val.read(1)))
+    assert val.count == 2 and torch.equal(got, torch.from_numpy(images[[1, 4]]))
+    assert cache_source(path, "all").count == 5 and cache_source(path, "train", n=1).count == 1
+    assert val.identity != cache_source(path, "test").identity
+    (path / "COMPLETE").write_text("key2")  # re-prepared: a new cache key, so new statistics
+    assert cache_source(path, "val").identity != val.identity
+    with pytest.raises(DdpmkitError, match="only 2"):
+        cache_source(path, "val", n=3)

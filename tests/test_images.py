@@ -1,0 +1,168 @@
+"""Grids, PNGs, GIFs and image loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ddpmkit.errors import DdpmkitError
+from ddpmkit.images import (
+    center_square,
+    load_image,
+    make_grid_image,
+    save_gif,
+    save_grid,
+    save_images,
+    to_uint8,
+    upscale_nearest,
+)
+
+
+def _rand(b: int, h: int = 8, w: int = 8, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 3, h, w, generator=g) * 2 - 1
+
+
+def test_to_uint8_values_and_clamp():
+    x = torch.tensor([-3.0, -1.0, 0.0, 0.5, 1.0, 2.0]).reshape(1, 3, 1, 2)
+    u = to_uint8(x)
+    assert u.dtype == torch.uint8 and u.shape == (1, 3, 1, 2)
+    assert u.flatten().tolist() == [0, 0, 128, 191, 255, 255]  # round((x+1)*127.5), clamped
+
+
+def test_make_grid_image_layout_and_content():
+    x = _rand(6)
+    img = make_grid_image(x, padding=2)  # ceil(sqrt(6)) = 3 per row -> 3 x 2 tiles
+    assert img.mode == "RGB"
+    assert img.size == (3 * (8 + 2) + 2, 2 * (8 + 2) + 2)
+    arr = np.asarray(img)
+    first = to_uint8(x)[0].permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(arr[2:10, 2:10], first)
+    fifth = to_uint8(x)[4].permute(1, 2, 0).numpy()  # row 1, column 1
+    np.testing.assert_array_equal(arr[12:20, 12:20], fifth)
+    assert arr[0].max() == 0  # black padding
+    assert make_grid_image(x, nrow=6, padding=0).size == (48, 8)
+
+
+def test_save_grid_and_images_round_trip(tmp_path: Path):
+    x = _rand(3, 8, 8)
+    grid = save_grid(x, tmp_path / "sub" / "grid.png", nrow=1)
+    assert Image.open(grid).size == (8 + 4, 3 * 10 + 2)
+    paths = save_images(x, tmp_path / "imgs", prefix="img", start=7)
+    assert [p.name for p in paths] == ["img_00007.png", "img_00008.png", "img_00009.png"]
+    for p, img in zip(paths, x):
+        back = load_image(p)  # lossless PNG: exact after quantisation
+        assert back.shape == (1, 3, 8, 8) and back.min() >= -1 and back.max() <= 1
+        assert torch.equal(to_uint8(back), to_uint8(img.unsqueeze(0)))
+    # atomic writes leave no temporaries behind
+    assert sorted(q.name for q in (tmp_path / "imgs").iterdir()) == [p.name for p in paths]
+
+
+def _gif_info(path: Path) -> tuple[int, list[int], int | None]:
+    with Image.open(path) as im:
+        durations = []
+        for k in range(im.n_frames):
+            im.seek(k)
+            durations.append(im.info["duration"])
+        return im.n_frames, durations, im.info.get("loop")
+
+
+def test_save_gif_frames_durations_loop(tmp_path: Path):
+    frames = [make_grid_image(_rand(4, seed=k)) for k in range(5)]
+    path = save_gif(frames, tmp_path / "a.gif", duration_ms=60, hold_last_ms=900, loop=0)
+    n, durations, loop = _gif_info(path)
+    assert n == 5
+    assert durations == [60, 60, 60, 60, 900]
+    assert loop == 0
+    assert [q.name for q in tmp_path.iterdir()] == ["a.gif"]
+
+
+def test_save_gif_accepts_tensors(tmp_path: Path):
+    grids = [_rand(4, seed=k) for k in range(3)]  # (B, 3, H, W) batches are tiled
+    singles = [_rand(1, 20, 20, seed=k)[0] for k in range(3)]  # (3, H, W) in [-1, 1]
+    assert _gif_info(save_gif(grids, tmp_path / "g.gif", loop=2))[0] == 3
+    assert _gif_info(save_gif(grids, tmp_path / "g.gif", loop=2))[2] == 2
+    assert _gif_info(save_gif(singles, tmp_path / "s.gif"))[0] == 3
+    with pytest.raises(ValueError, match="differ in size"):
+        save_gif([grids[0][0], singles[0]], tmp_path / "bad.gif")
+
+
+def test_load_image_missing(tmp_path: Path):
+    path = tmp_path / "nope.jpg"
+    with pytest.raises(DdpmkitError) as e:
+        load_image(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(DdpmkitError, match="directory"):
+        load_image(tmp_path)
+
+
+def test_load_image_corrupt(tmp_path: Path):
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"this is not an image at all")
+    with pytest.raises(DdpmkitError) as e:
+        load_image(junk)
+    assert str(junk) in str(e.value) and "\n" not in str(e.value)
+    # a real JPEG cut short fails at load time, not later
+    good = tmp_path / "good.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(good)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(good.read_bytes()[:300])
+    with pytest.raises(DdpmkitError) as e:
+        load_image(cut)
+    assert str(cut) in str(e.value) and "\n" not in str(e.value)
+
+
+def _bands(w: int, h: int, horizontal: bool) -> Image.Image:
+    """Red | green | blue bands along the longer side; only the green middle is square-sized."""
+    arr = np.zeros((h, w, 3), dtype=np.uint8)
+    long_side, short = (w, h) if horizontal else (h, w)
+    edge = (long_side - short) // 2
+    for lo, hi, ch in ((0, edge, 0), (edge, edge + short, 1), (edge + short, long_side, 2)):
+        if horizontal:
+            arr[:, lo:hi, ch] = 255
+        else:
+            arr[lo:hi, :, ch] = 255
+    return Image.fromarray(arr)
+
+
+@pytest.mark.parametrize("w,h,horizontal", [(12, 6, True), (4, 10, False)])
+def test_load_image_centre_crop(tmp_path: Path, w: int, h: int, horizontal: bool):
+    path = tmp_path / "bands.png"
+    _bands(w, h, horizontal).save(path)
+    side = min(w, h)
+    x = load_image(path)
+    assert x.shape == (1, 3, side, side)
+    green = torch.tensor([-1.0, 1.0, -1.0]).reshape(1, 3, 1, 1).expand_as(x)
+    assert torch.equal(x, green)  # the red and blue bands are cropped away exactly
+    y = load_image(path, size=3)
+    assert y.shape == (1, 3, 3, 3)
+    assert torch.allclose(y, green[:, :, :3, :3], atol=1e-6)
+
+
+def test_load_image_resizes_real_photo_shape(tmp_path: Path):
+    path = tmp_path / "photo.jpg"
+    Image.new("RGB", (178, 218), (200, 100, 50)).save(path)
+    x = load_image(path, size=64)
+    assert x.shape == (1, 3, 64, 64) and x.dtype == torch.float32
+    assert torch.allclose(x[0, :, 32, 32], torch.tensor([200, 100, 50]) / 127.5 - 1, atol=0.03)
+
+
+def test_center_square_odd_excess():
+    img = Image.new("RGB", (7, 4))
+    assert center_square(img).size == (4, 4)
+
+
+def test_upscale_nearest():
+    img = make_grid_image(_rand(1, 32, 40))  # one image: no padding, 40 wide x 32 high
+    assert img.size == (40, 32)
+    big = upscale_nearest(img, min_side=256)
+    factor = 8  # the smallest whole factor with 32 * factor >= 256
+    assert big.size == (40 * factor, 32 * factor)
+    arr, small = np.asarray(big), np.asarray(img)
+    np.testing.assert_array_equal(arr[::factor, ::factor], small)
+    large = Image.new("RGB", (300, 300))
+    assert upscale_nearest(large, 256).size == (300, 300)

@@ -1,0 +1,121 @@
+"""`ddpmkit noise-demo`: the forward process shown on a real CelebA image and a generated one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from PIL import Image
+from typer.testing import CliRunner
+
+from ddpmkit.cli.noise_demo_cmd import PAD, noise_demo, strip_size
+from ddpmkit.data.synthetic import make_faces
+from ddpmkit.images import load_image, to_uint8
+
+CELEBA = Path(__file__).resolve().parents[2] / "shared" / "celeba" / "img_align_celeba"
+
+app = typer.Typer()
+app.command("noise-demo")(noise_demo)
+
+
+@app.callback()
+def _root() -> None:  # keeps `noise-demo` a subcommand, as in the real app
+    pass
+
+
+runner = CliRunner()
+
+
+def _run(*args: str):
+    return runner.invoke(app, ["noise-demo", *map(str, args)])
+
+
+def _gif_frames(path: Path) -> tuple[int, int | None]:
+    with Image.open(path) as im:
+        return im.n_frames, im.info.get("loop")
+
+
+@pytest.fixture(scope="module")
+def celeba_image() -> Path:
+    files = sorted(CELEBA.glob("*.jpg"))
+    assert files, f"no CelebA test images under {CELEBA}"
+    return files[0]
+
+
+@pytest.fixture()
+def face_png(tmp_path: Path) -> Path:
+    """A generated, non-square image: a 48 px face on a wider canvas."""
+    face = make_faces(1, 48, seed=5)[0].permute(1, 2, 0).numpy()
+    canvas = np.full((48, 80, 3), 30, dtype=np.uint8)
+    canvas[:, 16:64] = face
+    path = tmp_path / "face.png"
+    Image.fromarray(canvas).save(path)
+    return path
+
+
+def test_real_image(tmp_path: Path, celeba_image: Path):
+    out = tmp_path / "demo"
+    r = _run(celeba_image, "--t", 0, "--t", 500, "--t", 999, "--size", 32, "--frames", 10, "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "SNR" in r.output and "999" in r.output
+    grid = Image.open(out / "grid.png")
+    side = 64  # 32 px images are shown enlarged 2x
+    assert grid.size == strip_size(3, 32)
+    assert grid.size[0] == PAD + 3 * (side + PAD) and grid.size[1] > side + 2 * PAD
+    assert _gif_frames(out / "forward.gif") == (10, 0)
+
+    # column t=0 is (almost) the image itself; column t=999 is (almost) pure noise
+    x0 = to_uint8(load_image(celeba_image, 32))[0].permute(1, 2, 0).numpy().astype(float)
+    arr = np.asarray(grid.convert("RGB")).astype(float)
+
+    def col(k: int) -> np.ndarray:  # column k's image, back at 32 px
+        left = PAD + k * (side + PAD)
+        return arr[PAD : PAD + side : 2, left : left + side : 2]
+
+    assert np.abs(col(0) - x0).mean() < 4
+    assert np.abs(col(2) - x0).mean() > 40
+    assert np.abs(col(1) - x0).mean() > np.abs(col(0) - x0).mean() + 10
+
+
+def test_generated_image_default_timesteps_and_seed(tmp_path: Path, face_png: Path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert _run(face_png, "--size", 16, "--frames", 5, "--out", a).exit_code == 0
+    assert _run(face_png, "--size", 16, "--frames", 5, "--out", b).exit_code == 0
+    assert _run(face_png, "--size", 16, "--frames", 5, "--seed", 1, "--out", c).exit_code == 0
+    grid = Image.open(a / "grid.png")
+    assert grid.size == strip_size(8, 16)  # the 8 default timesteps
+    assert grid.size[0] == PAD + 8 * (64 + PAD)  # 16 px shown 4x
+    assert _gif_frames(a / "forward.gif") == (5, 0)
+    # one seeded noise tensor: same seed, same pictures; another seed, other noise
+    assert (a / "grid.png").read_bytes() == (b / "grid.png").read_bytes()
+    assert (a / "grid.png").read_bytes() != (c / "grid.png").read_bytes()
+
+
+def test_missing_image(tmp_path: Path):
+    missing = tmp_path / "no_such_face.jpg"
+    r = _run(missing, "--out", tmp_path / "o")
+    assert r.exit_code == 2
+    assert str(missing) in r.output and "error:" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_t_out_of_range(tmp_path: Path, face_png: Path):
+    r = _run(face_png, "--t", 1000, "--out", tmp_path / "o")
+    assert r.exit_code == 2
+    assert "1000" in r.output and "0..999" in r.output
+    r = _run(face_png, "--t", -1, "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "--t -1 is out of range" in r.output
+    # the valid range follows the configured T
+    r = _run(face_png, "--t", 60, "--set", "diffusion.timesteps=50", "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "0..49" in r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_frames_and_size(tmp_path: Path, face_png: Path):
+    r = _run(face_png, "--frames", 1, "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "--frames" in r.output
+    r = _run(face_png, "--size", 4, "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "--size" in r.output

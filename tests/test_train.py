@@ -1,0 +1,145 @@
+"""Training: the loss falls, resuming is exact, runs are never clobbered, checkpoints are checked."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ddpmkit.errors import DdpmkitError
+from ddpmkit.generate import generate, load_for_sampling
+from ddpmkit.train.checkpoint import STATE_FILE, latest_checkpoint
+from ddpmkit.train.trainer import Trainer, train
+
+from conftest import tiny
+
+
+def _quiet(settings, **kw):
+    return Trainer(settings, log=lambda m: None, progress=False, **kw)
+
+
+def test_a_tiny_run_lowers_the_loss(tmp_path):
+    s = tiny(tmp_path / "run", train={"max_steps": 60, "log_every": 10})
+    result = _quiet(s).run()
+    losses = [r["loss"] for r in result.history]
+    assert len(losses) == 6
+    assert losses[-1] < 0.6 * losses[0], losses
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [10, 20, 30, 40, 50, 60]
+    assert {"loss", "lr", "img_per_s", "epoch"} <= set(log[0])
+
+
+def _weights(run_dir):
+    from safetensors.torch import load_file
+
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    return load_file(ckpt / "model.safetensors"), load_file(ckpt / "ema.safetensors"), ckpt
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
+    # 64 images / batch 16 = 4 batches per epoch: 10 steps cross two epoch boundaries
+    full = tiny(tmp_path / "full", train={"max_steps": 10})
+    _quiet(full).run()
+
+    part = tiny(tmp_path / "part", train={"max_steps": 10})
+    t = _quiet(part)
+    t.on_step.append(lambda tr: tr.request_stop() if tr.step == 5 else None)
+    first = t.run()
+    assert first.interrupted and first.step == 5
+    second = _quiet(part, resume=True).run()
+    assert second.step == 10 and not second.interrupted
+
+    m_full, e_full, _ = _weights(tmp_path / "full")
+    m_part, e_part, ckpt = _weights(tmp_path / "part")
+    assert m_full.keys() == m_part.keys()
+    for k in m_full:
+        assert torch.equal(m_full[k], m_part[k]), k
+        assert torch.equal(e_full[k], e_part[k]), k
+    state = torch.load(ckpt / STATE_FILE, weights_only=True)
+    assert state["step"] == 10 and state["epoch"] == 2
+
+
+def test_a_run_directory_is_never_silently_overwritten(tmp_path):
+    s = tiny(tmp_path / "run", train={"max_steps": 2})
+    _quiet(s).run()
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    with pytest.raises(DdpmkitError, match="already holds"):
+        _quiet(s).run()
+    after = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_resume_refuses_another_architecture(tmp_path):
+    _quiet(tiny(tmp_path / "run", train={"max_steps": 2})).run()
+    other = tiny(tmp_path / "run", model={"ch": 24}, train={"max_steps": 4})
+    with pytest.raises(DdpmkitError, match="model.ch"):
+        _quiet(other, resume=True).run()
+
+
+def test_resume_needs_a_run(tmp_path):
+    with pytest.raises(DdpmkitError, match="nothing to resume"):
+        _quiet(tiny(tmp_path / "empty"), resume=True).run()
+
+
+def test_training_length_is_required(tmp_path):
+    s = tiny(tmp_path / "run")
+    s.train.max_steps = None
+    with pytest.raises(DdpmkitError, match="--epochs"):
+        _quiet(s).run()
+
+
+def test_epochs_bound_the_run(tmp_path):
+    s = tiny(tmp_path / "run", train={"epochs": 2})
+    s.train.max_steps = None
+    assert _quiet(s).run().step == 8  # 64 images, batch 16
+
+
+def test_checkpoints_are_complete_and_pruned(tmp_path):
+    s = tiny(tmp_path / "run", train={"max_steps": 8, "ckpt_every": 2, "keep_checkpoints": 2})
+    _quiet(s).run()
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.is_dir())
+    assert ckpts == ["step_00000006", "step_00000008"]
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step_00000008"
+    assert not list((tmp_path / "run").rglob("*.tmp"))
+
+
+def test_seeded_sampling_is_reproducible(tmp_path):
+    s = tiny(tmp_path / "run", train={"max_steps": 3})
+    _quiet(s).run()
+    model, settings, step = load_for_sampling(tmp_path / "run", torch.device("cpu"))
+    assert step == 3 and settings.model == s.model
+    draw = lambda seed: torch.cat(list(generate(model, settings, 6, seed=seed, batch_size=4, device=torch.device("cpu"))))  # noqa: E731
+    a, b, c = draw(0), draw(0), draw(1)
+    assert a.shape == (6, 3, 16, 16)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+    assert a.min() >= -1 and a.max() <= 1
+
+
+def test_weights_from_another_architecture_are_refused(tmp_path):
+    _quiet(tiny(tmp_path / "a", train={"max_steps": 1})).run()
+    _quiet(tiny(tmp_path / "b", model={"ch": 24}, train={"max_steps": 1})).run()
+    from ddpmkit.nn import UNet
+    from ddpmkit.train.checkpoint import load_weights
+
+    model_b = UNet(tiny(tmp_path / "b", model={"ch": 24}).model)
+    ckpt_a = latest_checkpoint(tmp_path / "a" / "checkpoints")
+    with pytest.raises(DdpmkitError, match="different architecture") as e:
+        load_weights(model_b, ckpt_a / "model.safetensors")
+    assert str(ckpt_a) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_state_file_with_pickled_code_is_refused(tmp_path):
+    _quiet(tiny(tmp_path / "run", train={"max_steps": 1})).run()
+    ckpt = latest_checkpoint(tmp_path / "run" / "checkpoints")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"step": Evil()}, ckpt / STATE_FILE)
+    from ddpmkit.train.checkpoint import load_state
+
+    with pytest.raises(DdpmkitError, match="cannot read training state"):
+        load_state(ckpt)
