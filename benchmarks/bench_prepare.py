@@ -11,25 +11,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 from ddpmkit.data.prepare import prepare_dataset, resolve_workers
 from ddpmkit.settings import DataConfig
+from machine import cpu_model, load_average  # benchmarks/machine.py
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "celeba"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -62,7 +52,7 @@ def main() -> None:
                   f"({len(names) / total:,.0f} img/s incl. listing and metadata)")
     print(f"best: {max(rates):,.0f} img/s | size {args.size} crop {args.crop} workers "
           f"{resolve_workers(args.workers)} | nproc {os.cpu_count()} | CPU {cpu_model()} | "
-          f"load avg {os.getloadavg()[0]:.2f}")
+          f"load avg {load_average()}")
 
 
 if __name__ == "__main__":

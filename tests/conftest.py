@@ -28,6 +28,7 @@ TINY: dict[str, Any] = {
         "batch_size": 16,
         "lr": 2e-3,
         "warmup_steps": 0,
+        "lr_decay": "constant",  # runs here stop and resume at other max_steps
         "max_steps": 6,
         "log_every": 1,
         "sample_every": 0,

@@ -271,6 +271,28 @@ def test_cli_folder_against_cached_reference(folders, feats, tmp_path):
     assert r.exit_code == 0, r.output
 
 
+def test_cli_checkpoint_of_the_demo_data_against_generated_faces(tmp_path):
+    """`ddpmkit fid RUN` after the demo: with no REFERENCE, the generated faces it learned."""
+    from conftest import tiny
+    from ddpmkit.train.trainer import Trainer
+
+    Trainer(tiny(tmp_path / "run", train={"max_steps": 1}), log=lambda m: None, progress=False).run()
+    out = tmp_path / "fid.json"
+    args = [
+        str(tmp_path / "run"), "--n", "6", "--steps", "2", "--sampler", "ddim", "--device", "cpu",
+        "--set", f"fid.weights={WEIGHTS}", "--set", "fid.ref_n=8", "--set", f"data.cache_dir={tmp_path / 'cache'}",
+        "--out", str(out),
+    ]
+    r = CliRunner().invoke(_cli(), args)
+    assert r.exit_code == 0, r.output
+    result = json.loads(out.read_text())
+    assert result["reference"]["kind"] == "synthetic" and result["reference_n"] == 8
+    assert result["n"] == 6 and result["sampler"] == "ddim" and result["steps"] == 2 and result["checkpoint_step"] == 1
+    assert result["fid"] > 0  # one step of training: far from the faces
+    r = CliRunner().invoke(_cli(), args + ["--force"])
+    assert r.exit_code == 0 and json.loads(out.read_text())["reference"]["reused"] is True
+
+
 def test_cli_missing_weights_is_a_one_line_error(tmp_path):
     r = CliRunner().invoke(_cli(), [str(tmp_path), "--set", f"fid.weights={tmp_path / 'w.pth'}", "--device", "cpu"])
     assert r.exit_code == 2

@@ -35,7 +35,7 @@ def test_precedence_preset_file_set_option(tmp_path):
     assert s.train.lr == 0.5  # file over preset
     assert s.train.batch_size == 16  # --set over file
     assert s.train.seed == 5  # option over --set
-    assert s.model.ch == 32  # the demo preset underneath
+    assert s.model.ch == 16  # the demo preset underneath
 
 
 def _error(**kwargs) -> str:

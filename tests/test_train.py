@@ -143,3 +143,29 @@ def test_state_file_with_pickled_code_is_refused(tmp_path):
 
     with pytest.raises(DdpmkitError, match="cannot read training state"):
         load_state(ckpt)
+
+
+def test_fid_during_training_is_logged_beside_the_loss(tmp_path):
+    s = tiny(
+        tmp_path / "run",
+        train={"max_steps": 2},
+        data={"cache_dir": str(tmp_path / "cache")},
+        fid={"every": 2, "every_n": 6, "every_steps": 2, "ref_n": 8, "batch_size": 8},
+    )
+    _quiet(s).run()
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    fids = [r for r in records if "fid" in r]
+    assert len(fids) == 1 and fids[0]["step"] == 2 and fids[0]["fid_n"] == 6
+    assert fids[0]["fid"] > 0
+    # the reference statistics of the generated faces are cached for the next evaluation
+    assert len(list((tmp_path / "cache" / "fid").glob("*synthetic*"))) == 1
+
+
+def test_learning_rate_warms_up_then_stays_or_decays():
+    from ddpmkit.train.trainer import lr_at
+
+    assert lr_at(0, 1.0, 10) == pytest.approx(0.1) and lr_at(9, 1.0, 10) == 1.0
+    assert lr_at(500, 1.0, 10, 110) == 1.0  # constant: DDPM's schedule
+    assert lr_at(10, 1.0, 10, 110, "cosine") == 1.0
+    assert lr_at(60, 1.0, 10, 110, "cosine") == pytest.approx(0.5)
+    assert lr_at(110, 1.0, 10, 110, "cosine") == pytest.approx(0.0, abs=1e-12)

@@ -96,6 +96,9 @@ class TrainConfig(_Section):
     lr: float = Field(2e-4, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     warmup_steps: int = Field(5000, ge=0)
+    lr_decay: Literal["constant", "cosine"] = Field(
+        "constant", description="after warm-up: constant (DDPM) or cosine to 0 at the last step"
+    )
     grad_clip: float = Field(1.0, ge=0.0, description="max gradient norm; 0 = off")
     ema_decay: float = Field(0.9999, ge=0.0, lt=1.0)
     ema_warmup: bool = Field(True, description="use min(decay, (1+n)/(10+n)) so early EMA is not stuck at init")

@@ -139,11 +139,14 @@ def fid(
 
     split = f.ref_split or ref_settings.data.split
     if reference is None:
-        from ddpmkit.fid import find_prepared_cache
+        from ddpmkit.fid import default_reference
 
         # a checkpoint's samples are compared with the data it was trained on (its size and crop)
-        reference = find_prepared_cache(ref_settings.data, split)
-    ref_stats, ref_desc = _stats_of(reference, split, f.ref_n, ex, stats_dir, "REFERENCE")
+        ref_source = default_reference(ref_settings.data, split, f.ref_n)
+        ref_stats, cached, reused = ex.source_stats(ref_source, stats_dir)
+        ref_desc = {**ref_source.identity, "path": str(cached or ref_source.label), "reused": reused}
+    else:
+        ref_stats, ref_desc = _stats_of(reference, split, f.ref_n, ex, stats_dir, "REFERENCE")
 
     result: dict[str, Any] = {
         "fid": frechet_distance(src_stats, ref_stats),

@@ -49,6 +49,11 @@ def train(
     if resume and config is None and preset is None and saved.exists():
         # the run's own settings, with this command's options on top
         settings = resolve_settings(saved, None, sets, overrides)
+    # the length asked for on the command line is the length: a preset's other limit does not cut it short
+    if epochs is not None and max_steps is None:
+        settings.train.max_steps = None
+    if max_steps is not None and epochs is None:
+        settings.train.epochs = None
     result = run_training(settings, resume=resume, log=lambda m: console.print(m, markup=False), progress=progress)
     if result.interrupted:
         raise typer.Exit(130)

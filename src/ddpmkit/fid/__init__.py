@@ -14,17 +14,19 @@ from ddpmkit.fid.monitor import FidMonitor
 from ddpmkit.fid.sources import (
     ImageSource,
     cache_source,
+    default_reference,
     find_prepared_cache,
     folder_source,
     is_image_folder,
     is_prepared_cache,
+    synthetic_source,
 )
 from ddpmkit.fid.stats import FidStats, cached_stats, frechet_distance
 
 to_uint8 = from_model_range  # (B, 3, H, W) in [-1, 1] -> uint8, as saved to PNG
 
 __all__ = [
-    "FidExtractor", "FidMonitor", "FidStats", "ImageSource", "cache_source", "cached_stats",
+    "FidExtractor", "FidMonitor", "FidStats", "ImageSource", "cache_source", "cached_stats", "default_reference",
     "default_weights_path", "find_prepared_cache", "folder_source", "frechet_distance",
-    "from_model_range", "is_image_folder", "is_prepared_cache", "resolve_weights", "to_uint8",
+    "from_model_range", "is_image_folder", "is_prepared_cache", "resolve_weights", "synthetic_source", "to_uint8",
 ]

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ddpmkit.fid.extractor import FidExtractor
-from ddpmkit.fid.sources import cache_source, find_prepared_cache
+from ddpmkit.fid.sources import default_reference
 from ddpmkit.fid.stats import FidStats, frechet_distance
 
 
@@ -48,11 +48,11 @@ class FidMonitor:
 
     @classmethod
     def for_settings(cls, settings, device: torch.device | str = "cpu") -> "FidMonitor":  # settings: Settings
-        """Reference = the prepared split (fid.ref_split or data.split), its stats cached under data.cache_dir/fid."""
+        """Reference: the prepared split (fid.ref_split or data.split), its stats cached under
+        data.cache_dir/fid; for the generated demo faces, fid.ref_n (default 2048) of them."""
         f = settings.fid
-        split = f.ref_split or settings.data.split
         extractor = FidExtractor(f.weights, device, f.batch_size, f.verify_weights)
-        source = cache_source(find_prepared_cache(settings.data, split), split, f.ref_n)
+        source = default_reference(settings.data, f.ref_split or settings.data.split, f.ref_n)
         ref, _, _ = extractor.source_stats(source, Path(settings.data.cache_dir) / "fid")
         monitor = cls.__new__(cls)
         monitor.ref, monitor.extractor, monitor.n = ref, extractor, f.every_n

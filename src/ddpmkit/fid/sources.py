@@ -1,4 +1,5 @@
-"""Where FID images come from: an image folder, a prepared dataset cache, or a stats .npz.
+"""Where FID images come from: an image folder, a prepared dataset cache, the generated demo
+faces, or a stats .npz.
 
 Each image source yields uint8 batches (B, 3, H, W) and carries an `identity`, the facts that
 decide its statistics (used as the stats cache key): for a folder, its file names, sizes and
@@ -120,6 +121,26 @@ def cache_source(path: Path, split: str = "all", n: Optional[int] = None) -> Ima
             yield torch.from_numpy(np.ascontiguousarray(images[rows[i : i + batch_size]]))
 
     return ImageSource(f"{path.name}-{split}", identity, len(rows), read)
+
+
+def synthetic_source(n: int, size: int, seed: int = 0) -> ImageSource:
+    """`n` of the generated demo faces (`data.dataset: synthetic`), the demo model's training data."""
+    from ddpmkit.data.synthetic import make_faces
+
+    identity = {"kind": "synthetic", "size": int(size), "seed": int(seed), "n": int(n)}
+
+    def read(batch_size: int) -> Iterator[Tensor]:
+        yield from make_faces(n, size, seed=seed).split(batch_size)
+
+    return ImageSource(f"synthetic-{size}px-seed{seed}", identity, n, read)
+
+
+def default_reference(data_cfg, split: str, n: Optional[int] = None) -> ImageSource:  # data_cfg: settings.DataConfig
+    """What a model trained on `data_cfg` is compared with: its prepared split, or, for the
+    generated demo faces, `n` (default 2,048) of them."""
+    if data_cfg.dataset == "synthetic":
+        return synthetic_source(n or 2048, data_cfg.size, int(data_cfg.synthetic_seed))
+    return cache_source(find_prepared_cache(data_cfg, split), split, n)
 
 
 def find_prepared_cache(data_cfg, split: str) -> Path:  # data_cfg: settings.DataConfig

@@ -47,11 +47,15 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
-    """Linear warm-up from 0 over warmup_steps, then constant (DDPM's schedule)."""
-    if warmup_steps <= 0:
-        return base_lr
-    return base_lr * min(1.0, (step + 1) / warmup_steps)
+def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int = 0, decay: str = "constant") -> float:
+    """Linear warm-up from 0 over warmup_steps, then constant (DDPM's schedule) or a cosine
+    decay to 0 at total_steps (short runs end with the weights settled, not mid-oscillation)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if decay == "cosine" and total_steps > warmup_steps:
+        progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return base_lr
 
 
 def build_optimizer(params, cfg, device: torch.device) -> torch.optim.Optimizer:
@@ -93,6 +97,7 @@ class Trainer:
         self._stop = False
         self._agreed_stop = False  # under DDP all ranks must stop at the same step
         self.step = 0
+        self.total = 0  # set by run(); the cosine learning-rate decay ends there
         self.epoch = 0
         self.batch_in_epoch = 0  # global batches already taken from the current epoch
 
@@ -108,27 +113,34 @@ class Trainer:
     def _setup(self) -> None:
         s, d = self.settings, self.dist
         tc = s.train
-        if d.enabled and not torch.distributed.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() and tc.device in ("auto", "cuda") else "gloo"
-            torch.distributed.init_process_group(backend)
         self.device = resolve_device(tc.device)
         if self.device.type == "cuda" and d.enabled:
             self.device = torch.device("cuda", d.local_rank)
             torch.cuda.set_device(self.device)
+        self.owns_process_group = False
+        if d.enabled and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            self.owns_process_group = True
         if tc.batch_size % d.world_size:
             raise DdpmkitError(
                 f"train.batch_size {tc.batch_size} is not divisible by the {d.world_size} processes"
             )
         self.local_batch = tc.batch_size // d.world_size
 
-        self.run = RunDir(tc.run_dir)
+        self.run_dir = RunDir(tc.run_dir)
         ckpt = self._check_run_dir()
+        self._barrier()  # every rank has looked before rank 0 creates the run
 
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
         from ddpmkit.data.loader import ImageBatches, load_training_images
         from ddpmkit.nn import UNet, count_parameters
 
+        # one process per machine prepares a missing cache; the others then find it ready
+        if d.local_rank != 0:
+            self._barrier()
         images, data_info = load_training_images(s.data)
+        if d.local_rank == 0:
+            self._barrier()
         self.batches = ImageBatches(
             images,
             self.local_batch,
@@ -156,7 +168,7 @@ class Trainer:
         if ckpt is not None:
             self._load(ckpt)
         elif d.is_main:
-            self.run.create(
+            self.run_dir.create(
                 s,
                 {"device": str(self.device), "parameters": self.n_params, "world_size": d.world_size, **data_info},
             )
@@ -166,18 +178,23 @@ class Trainer:
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if tc.compile:
             self.net = torch.compile(self.net)
-        self.log_file = JsonlLogger(self.run.log, tc.tensorboard) if d.is_main else None
+        self.log_file = JsonlLogger(self.run_dir.log, tc.tensorboard) if d.is_main else None
+        self.fid_monitor = None
+        if s.fid.every and d.is_main:
+            from ddpmkit.fid.monitor import FidMonitor
+
+            self.fid_monitor = FidMonitor.for_settings(s, self.device)
         if d.is_main:
             self.log(
                 f"training {self.n_params / 1e6:.2f}M parameters on {self.device}"
                 f"{f' x{d.world_size} processes' if d.enabled else ''}, {len(images)} images, "
-                f"global batch {tc.batch_size}, run directory {self.run.path}"
+                f"global batch {tc.batch_size}, run directory {self.run_dir.path}"
             )
         self._barrier()
 
     def _check_run_dir(self) -> Optional[Path]:
         """The checkpoint to resume from, or None for a new run; refuses to clobber a run."""
-        run = self.run
+        run = self.run_dir
         if not self.resume:
             if run.holds_run():
                 latest = run.latest()
@@ -212,8 +229,10 @@ class Trainer:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
         gen_state = state["rng_gen"]
         self.gen.set_state(gen_state)
+        if self.dist.rank != 0:  # the saved CPU state is rank 0's: other ranks need their own dropout masks
+            torch.manual_seed(self.settings.train.seed + 7919 * self.dist.rank + self.step)
         if self.dist.is_main:
-            self.log(f"resuming {self.run.path} from step {self.step} (epoch {self.epoch})")
+            self.log(f"resuming {self.run_dir.path} from step {self.step} (epoch {self.epoch})")
 
     # ------------------------------------------------------------------ the loop
 
@@ -239,7 +258,7 @@ class Trainer:
         if self.device.type == "cuda" and tc.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
             noise = noise.contiguous(memory_format=torch.channels_last)
-        lr = lr_at(self.step, tc.lr, tc.warmup_steps)
+        lr = lr_at(self.step, tc.lr, tc.warmup_steps, self.total, tc.lr_decay)
         for g in self.opt.param_groups:
             g["lr"] = lr
         with autocast(self.device, tc.precision):
@@ -255,7 +274,7 @@ class Trainer:
     def run(self) -> TrainResult:
         self._setup()
         tc = self.settings.train
-        total = self.total_steps()
+        total = self.total = self.total_steps()
         history: list[dict[str, Any]] = []
         last_loss = math.nan
         ckpt: Optional[Path] = None
@@ -280,7 +299,7 @@ class Trainer:
                             "step": self.step,
                             "epoch": self.epoch,
                             "loss": round(last_loss, 6),
-                            "lr": lr_at(self.step - 1, tc.lr, tc.warmup_steps),
+                            "lr": lr_at(self.step - 1, tc.lr, tc.warmup_steps, total, tc.lr_decay),
                             "img_per_s": round((self.step - step_mark) * tc.batch_size / max(dt, 1e-9), 2),
                             "time": round(time.time(), 3),
                         }
@@ -294,6 +313,8 @@ class Trainer:
                         progress.update(self._task, completed=self.step, loss=last_loss)
                     if tc.sample_every and self.step % tc.sample_every == 0:
                         self.sample_grid()
+                    if self.settings.fid.every and self.step % self.settings.fid.every == 0:
+                        self.log_fid()
                     if tc.ckpt_every and self.step % tc.ckpt_every == 0 and self.step < total:
                         ckpt = self.save()
                     if self.step >= total or self._should_stop():
@@ -312,7 +333,7 @@ class Trainer:
                 self.log_file.close()
         if self._stop and self.dist.is_main:
             self.log(f"stopped at step {self.step}; checkpoint saved; continue with --resume")
-        return TrainResult(self.step, self.epoch, self.run.path, last_loss, self._stop, ckpt, history)
+        return TrainResult(self.step, self.epoch, self.run_dir.path, last_loss, self._stop, ckpt, history)
 
     # ------------------------------------------------------------------ outputs
 
@@ -335,7 +356,7 @@ class Trainer:
             if self.device.type == "cuda":
                 state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
             path = save_checkpoint(
-                self.run.checkpoints,
+                self.run_dir.checkpoints,
                 model=self.model,
                 ema_model=self.ema.model,
                 state=state,
@@ -352,9 +373,28 @@ class Trainer:
             return None
         from ddpmkit.generate import training_preview
 
-        path = self.run.samples / f"step_{self.step:08d}.png"
+        path = self.run_dir.samples / f"step_{self.step:08d}.png"
         training_preview(self.ema.model, self.settings, path, device=self.device)
         return path
+
+    def log_fid(self) -> Optional[float]:
+        """FID of fid.every_n EMA samples (fixed seed, fast sampler), logged beside the loss (rank 0)."""
+        if self.fid_monitor is None:
+            return None
+        from ddpmkit.generate import generate
+        from ddpmkit.images import to_uint8
+
+        f = self.settings.fid
+        cfg = self.settings.sample.model_copy(update={"sampler": f.every_sampler, "steps": f.every_steps})
+        self.ema.model.eval()
+        images = generate(self.ema.model, self.settings, f.every_n, seed=0,
+                          batch_size=self.settings.sample.batch_size, device=self.device, sample_cfg=cfg)
+        value = self.fid_monitor(to_uint8(x) for x in images)
+        if self.log_file is not None:
+            self.log_file.write({"step": self.step, "fid": round(value, 4), "fid_n": f.every_n,
+                                 "fid_sampler": f"{f.every_sampler}{f.every_steps}"})
+        self.log(f"step {self.step}: FID {value:.2f} ({f.every_n} samples, {f.every_sampler} {f.every_steps} steps)")
+        return value
 
     # ------------------------------------------------------------------ plumbing
 
@@ -417,4 +457,10 @@ class Trainer:
 
 
 def train(settings: Settings, *, resume: bool = False, log: Callable[[str], None] = print, progress: bool = True) -> TrainResult:
-    return Trainer(settings, resume=resume, log=log, progress=progress).run()
+    """Run a Trainer to the end; under torchrun, also close the process group it opened."""
+    trainer = Trainer(settings, resume=resume, log=log, progress=progress)
+    try:
+        return trainer.run()
+    finally:
+        if getattr(trainer, "owns_process_group", False) and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

@@ -1,0 +1,54 @@
+"""A torchrun worker for tests/test_distributed.py: train, then let every rank show its weights.
+
+    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/ddp_worker.py OUT JOB...
+
+Each JOB is a settings YAML path, or `resume:PATH` to continue the run in that file's
+train.run_dir. For each job in turn every rank runs the real Trainer (DDP when WORLD_SIZE > 1),
+then writes its own model and EMA state dicts to OUT/<yaml stem>/rank{r}.safetensors and
+rank{r}_ema.safetensors, and its final step to rank{r}.step. Only rank 0 writes checkpoints,
+so this is the one way to see what rank 1 holds. Several jobs share one launch because starting
+processes costs more than training the tiny model.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ddpmkit.device import dist_from_env
+from ddpmkit.settings import build_settings
+from ddpmkit.train.trainer import Trainer
+
+
+def _contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
+
+
+def run_job(job: str, out_root: Path) -> None:
+    resume = job.startswith("resume:")
+    config = Path(job.removeprefix("resume:"))
+    dist = dist_from_env()
+    trainer = Trainer(build_settings(config=config), resume=resume, log=lambda m: None, progress=False, dist=dist)
+    result = trainer.run()
+    out = out_root / config.stem
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(_contiguous(trainer.model.state_dict()), str(out / f"rank{dist.rank}.safetensors"))
+    save_file(_contiguous(trainer.ema.model.state_dict()), str(out / f"rank{dist.rank}_ema.safetensors"))
+    (out / f"rank{dist.rank}.step").write_text(f"{result.step}\n")
+
+
+def main(argv: list[str]) -> int:
+    out_root, jobs = Path(argv[0]), argv[1:]
+    for job in jobs:
+        run_job(job, out_root)
+    if torch.distributed.is_initialized():  # the Trainer set it up and leaves it for the next job
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

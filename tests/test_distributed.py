@@ -1,0 +1,174 @@
+"""Distributed training: 2 gloo processes under torchrun follow one process with the same global batch.
+
+Each process takes half of every global batch of 16; DDP averages the gradients, so after a few
+steps both ranks hold identical weights, equal (to float rounding of the all-reduce) to a
+single-process run. A run also resumes with a different number of processes. Every torchrun
+child gets OMP_NUM_THREADS=1 so two processes do not fight over two cores, and a timeout, so a
+deadlock fails the test instead of blocking CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ddpmkit.train.checkpoint import STATE_FILE, latest_checkpoint
+from ddpmkit.train.trainer import Trainer
+
+from conftest import tiny
+
+WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
+TIMEOUT_S = 180  # a hung collective fails the test instead of blocking CI
+# The all-reduce sums the two half-batch gradients in another order than one process does, so
+# the runs agree to float32 rounding (measured max |diff| ~2e-6), not bit for bit. The weights
+# move ~8e-3 from their initial values in 4 steps, so this tolerance is still a sharp test.
+ATOL = 1e-5
+STEPS = 4
+
+pytestmark = pytest.mark.slow  # each torchrun launch costs a few seconds of process start-up
+
+
+def _quiet(settings, **kw) -> Trainer:
+    return Trainer(settings, log=lambda m: None, progress=False, **kw)
+
+
+def _write_config(path: Path, run_dir: Path, max_steps: int) -> Path:
+    """The tiny settings (16x16, ch 16, dropout 0, global batch 16, cpu) as a --config YAML."""
+    path.write_text(tiny(run_dir, train={"max_steps": max_steps}).to_yaml())
+    return path
+
+
+def _torchrun(args: list[str], cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess:
+    """`python -m torch.distributed.run --standalone --nproc_per_node=nproc ARGS`, checked.
+
+    --standalone lets the rendezvous pick a free port itself, so parallel CI jobs cannot collide.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired as e:  # subprocess.run kills the launcher on timeout
+        pytest.fail(f"torchrun hung for {TIMEOUT_S}s (a deadlock?): {' '.join(cmd)}\n{e.stderr!s:.4000}")
+    assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+def _checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    assert ckpt is not None, f"no checkpoint in {run_dir}"
+    state = torch.load(ckpt / STATE_FILE, weights_only=True)
+    return load_file(ckpt / "model.safetensors"), load_file(ckpt / "ema.safetensors"), state
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+def _logged_steps(run_dir: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    """One process, global batch 16, 4 steps: the trajectory every other run must follow."""
+    root = tmp_path_factory.mktemp("single")
+    result = _quiet(tiny(root / "run", train={"max_steps": STEPS})).run()
+    model, ema, state = _checkpoint(root / "run")
+    assert state["step"] == STEPS
+    init = _initial_weights()
+    return {"model": model, "ema": ema, "losses": [r["loss"] for r in result.history], "init": init}
+
+
+def _initial_weights() -> dict[str, torch.Tensor]:
+    """A freshly initialised tiny U-Net (seed 0): where training starts, to within init noise."""
+    from ddpmkit.nn import UNet
+
+    torch.manual_seed(0)
+    return {k: v.detach().clone() for k, v in UNet(tiny(Path("unused")).model).state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def worker_runs(tmp_path_factory) -> Path:
+    """One torchrun launch of tests/ddp_worker.py with 2 processes and two jobs:
+
+    fresh:    a new 4-step run;
+    scale_up: resume to step 4 a run that 1 process trained for 2 steps.
+    """
+    root = tmp_path_factory.mktemp("ddp")
+    fresh = _write_config(root / "fresh.yaml", root / "fresh", STEPS)
+    _quiet(tiny(root / "scale_up", train={"max_steps": 2})).run()
+    scale_up = _write_config(root / "scale_up.yaml", root / "scale_up", STEPS)
+    _torchrun([str(WORKER), str(root / "ranks"), str(fresh), f"resume:{scale_up}"], cwd=root)
+    return root
+
+
+def _rank_weights(out: Path) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]:
+    """Each rank's own (model, EMA) state dicts, as the worker saved them after training."""
+    assert [(out / f"rank{r}.step").read_text().strip() for r in (0, 1)] == [str(STEPS)] * 2
+    models = [load_file(out / f"rank{r}.safetensors") for r in (0, 1)]
+    emas = [load_file(out / f"rank{r}_ema.safetensors") for r in (0, 1)]
+    for k in models[0]:  # DDP broadcasts the start and all-reduces every gradient: bit-identical
+        assert torch.equal(models[0][k], models[1][k]), f"rank 1 differs from rank 0 in {k}"
+        assert torch.equal(emas[0][k], emas[1][k]), f"rank 1's EMA differs from rank 0's in {k}"
+    return models, emas
+
+
+def test_two_gloo_ranks_hold_identical_weights_equal_to_one_process(reference, worker_runs):
+    run_dir = worker_runs / "fresh"
+    # the comparison has teeth: 4 steps move the weights far more than the tolerance
+    assert _max_diff(reference["model"], reference["init"]) > 100 * ATOL
+
+    models, emas = _rank_weights(worker_runs / "ranks" / "fresh")
+    assert _max_diff(models[0], reference["model"]) < ATOL
+    assert _max_diff(emas[0], reference["ema"]) < ATOL
+
+    # what rank 0 saved is what the ranks hold, and is written once
+    model, ema, state = _checkpoint(run_dir)
+    assert _max_diff(model, models[0]) == 0.0 and _max_diff(ema, emas[0]) == 0.0
+    assert state["step"] == STEPS and state["world_size"] == 2
+    assert [p.name for p in sorted((run_dir / "checkpoints").glob("step_*"))] == [f"step_{STEPS:08d}"]
+    assert _logged_steps(run_dir) == list(range(1, STEPS + 1))  # a second writer would duplicate lines
+    assert json.loads((run_dir / "run.json").read_text())["world_size"] == 2
+    # the logged loss is the mean over both halves: the single process's loss of the global batch
+    logged = [json.loads(line)["loss"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert logged == pytest.approx(reference["losses"], rel=1e-4)
+
+
+def test_one_process_resumes_on_two(reference, worker_runs):
+    """Scaling up mid-run: 1 process for 2 steps, then 2 gloo processes to step 4."""
+    run_dir = worker_runs / "scale_up"
+    models, emas = _rank_weights(worker_runs / "ranks" / "scale_up")
+    model, ema, state = _checkpoint(run_dir)
+    assert state["step"] == STEPS and state["world_size"] == 2
+    assert _max_diff(model, models[0]) == 0.0
+    assert _max_diff(model, reference["model"]) < ATOL
+    assert _max_diff(ema, reference["ema"]) < ATOL
+    assert _logged_steps(run_dir) == list(range(1, STEPS + 1))
+
+
+def test_torchrun_cli_on_two_processes_resumes_on_one(reference, tmp_path):
+    """The real entry point: `torchrun -m ddpmkit train` for 2 steps, then 1 process to step 4."""
+    run_dir = tmp_path / "run"
+    config = _write_config(tmp_path / "tiny.yaml", run_dir, STEPS)
+    proc = _torchrun(["-m", "ddpmkit", "train", "--config", str(config), "--max-steps", "2", "--no-progress"], cwd=tmp_path)
+    assert proc.stderr.count("done: step 2") == 2  # both ranks finish the same step
+    assert proc.stderr.count("training ") == 1  # only rank 0 talks
+    _, _, state = _checkpoint(run_dir)
+    assert state["step"] == 2 and state["world_size"] == 2
+
+    result = _quiet(tiny(run_dir, train={"max_steps": STEPS}), resume=True).run()
+    assert result.step == STEPS
+    model, ema, state = _checkpoint(run_dir)
+    assert state["step"] == STEPS and state["world_size"] == 1
+    assert _max_diff(model, reference["model"]) < ATOL
+    assert _max_diff(ema, reference["ema"]) < ATOL
+    assert _logged_steps(run_dir) == list(range(1, STEPS + 1))
