@@ -40,10 +40,15 @@ def _stats_of(path: Path, split: str, n: Optional[int], ex, cache_dir: Path, wha
     source = _image_source(path, split, n)
     if source is None:
         raise DdpmkitError(f"{what} {path} is not an image folder, a prepared cache or a .npz stats file")
+    return _source_stats(source, ex, cache_dir)
+
+
+def _source_stats(source, ex, cache_dir: Path):
+    """(stats, description) of an ImageSource, its statistics cached under `cache_dir`."""
     stats, cached, reused = ex.source_stats(source, cache_dir)
-    desc = {"kind": source.identity["kind"], "path": str(path), "stats_cache": str(cached) if cached else None, "reused": reused}
-    if source.identity["kind"] == "cache":
-        desc["split"] = split
+    desc = {"kind": source.identity["kind"], "path": source.origin or source.label, "stats_cache": str(cached) if cached else None, "reused": reused}
+    if "split" in source.identity:
+        desc["split"] = source.identity["split"]
     return stats, desc
 
 
@@ -143,8 +148,7 @@ def fid(
 
         # a checkpoint's samples are compared with the data it was trained on (its size and crop)
         ref_source = default_reference(ref_settings.data, split, f.ref_n)
-        ref_stats, cached, reused = ex.source_stats(ref_source, stats_dir)
-        ref_desc = {**ref_source.identity, "path": str(cached or ref_source.label), "reused": reused}
+        ref_stats, ref_desc = _source_stats(ref_source, ex, stats_dir)
     else:
         ref_stats, ref_desc = _stats_of(reference, split, f.ref_n, ex, stats_dir, "REFERENCE")
 

@@ -33,6 +33,7 @@ class ImageSource:
     identity: dict[str, Any]
     count: int
     read: Callable[[int], Iterator[Tensor]]
+    origin: str = ""  # the folder or cache it reads, for people; empty for generated images
 
 
 def list_image_files(folder: Path) -> list[Path]:
@@ -77,7 +78,7 @@ def folder_source(folder: Path, n: Optional[int] = None) -> ImageSource:
                 raise DdpmkitError(f"images in {folder} differ in size ({sorted(shapes)[:2]}): resize them first")
             yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
-    return ImageSource(f"folder-{folder.name}", identity, len(files), read)
+    return ImageSource(f"folder-{folder.name}", identity, len(files), read, str(folder))
 
 
 def is_prepared_cache(path: Path) -> bool:
@@ -120,7 +121,7 @@ def cache_source(path: Path, split: str = "all", n: Optional[int] = None) -> Ima
         for i in range(0, len(rows), batch_size):
             yield torch.from_numpy(np.ascontiguousarray(images[rows[i : i + batch_size]]))
 
-    return ImageSource(f"{path.name}-{split}", identity, len(rows), read)
+    return ImageSource(f"{path.name}-{split}", identity, len(rows), read, str(path))
 
 
 def synthetic_source(n: int, size: int, seed: int = 0) -> ImageSource:
