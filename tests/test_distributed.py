@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ddpmkit.train.checkpoint import STATE_FILE, latest_checkpoint
+from ddpmkit.checkpoint import STATE_FILE, latest_checkpoint
 from ddpmkit.train.trainer import Trainer
 
 from conftest import tiny
@@ -93,7 +93,7 @@ def _initial_weights() -> dict[str, torch.Tensor]:
     from ddpmkit.nn import UNet
 
     torch.manual_seed(0)
-    return {k: v.detach().clone() for k, v in UNet(tiny(Path("unused")).model).state_dict().items()}
+    return {k: v.detach().clone() for k, v in UNet.from_config(tiny(Path("unused")).model).state_dict().items()}
 
 
 @pytest.fixture(scope="module")

@@ -136,7 +136,7 @@ def test_ddim_matches_diffusers_ddim_scheduler(steps, eta, clip):
     clipped x̂_0 (improved-diffusion's choice) = diffusers' use_clipped_model_output=True.
     """
     sched = sched_T()
-    ours_s = DDIMSampler(sched, ddim_cfg(spacing="trailing", eta=eta, clip_x0=clip))
+    ours_s = DDIMSampler.from_config(sched, ddim_cfg(spacing="trailing", eta=eta, clip_x0=clip))
     ours_s.set_timesteps(steps)
     ref = diffusers.DDIMScheduler(
         num_train_timesteps=T,
@@ -163,7 +163,7 @@ def test_ddim_eta0_is_first_order_dpm_solver_on_any_spacing(spacing, clip):
     DPM-Solver++ (= DDIM with η = 0, Lu et al. 2022b §3) on our timesteps; clipping = its
     thresholding with sample_max_value=1. diffusers computes this in float32."""
     sched = sched_T()
-    ours_s = DDIMSampler(sched, ddim_cfg(spacing=spacing, eta=0.0, clip_x0=clip))
+    ours_s = DDIMSampler.from_config(sched, ddim_cfg(spacing=spacing, eta=0.0, clip_x0=clip))
     ours_s.set_timesteps(20)
     ref = diffusers.DPMSolverMultistepScheduler(
         num_train_timesteps=T,
@@ -185,7 +185,7 @@ def test_ddim_eta0_is_first_order_dpm_solver_on_any_spacing(spacing, clip):
 def test_ddim_eta1_on_all_steps_is_ddpm():
     """η = 1 gives σ_t² = β̃_t, and eq. 12's mean equals the DDPM posterior mean (Song et al. §4.1)."""
     sched = sched_T(100)
-    ddim = DDIMSampler(sched, ddim_cfg(spacing="uniform", eta=1.0, clip_x0=True))
+    ddim = DDIMSampler.from_config(sched, ddim_cfg(spacing="uniform", eta=1.0, clip_x0=True))
     ddim.set_timesteps(100)
     ddpm = DDPMSampler(sched, "uniform", "fixed_small", True)
     ddpm.set_timesteps(100)
@@ -202,7 +202,7 @@ def test_dpm_solver_pp_2m_matches_diffusers(steps, spacing, clip):
     our timesteps. final_sigmas_type='zero' is our last step to ᾱ = 1 (first order, landing on
     x̂_0); diffusers upcasts to float32 internally, so this is a float32 comparison."""
     sched = sched_T()
-    ours_s = DPMSolverPPSampler(sched, SampleConfig(sampler="dpmsolver++", spacing=spacing, clip_x0=clip))
+    ours_s = DPMSolverPPSampler.from_config(sched, SampleConfig(sampler="dpmsolver++", spacing=spacing, clip_x0=clip))
     ours_s.set_timesteps(steps)
     ref = diffusers.DPMSolverMultistepScheduler(
         num_train_timesteps=T,
@@ -230,12 +230,12 @@ def test_dpm_solver_second_order_beats_ddim_at_few_steps():
     sched = sched_T()
     x = x_T()
     cfg = dict(spacing="uniform", clip_x0=False)
-    ref = DDIMSampler(sched, ddim_cfg(eta=0.0, **cfg))
+    ref = DDIMSampler.from_config(sched, ddim_cfg(eta=0.0, **cfg))
     ref.set_timesteps(T)
     x_ref = ours(ref, x)[-1]
-    ddim = DDIMSampler(sched, ddim_cfg(eta=0.0, **cfg))
+    ddim = DDIMSampler.from_config(sched, ddim_cfg(eta=0.0, **cfg))
     ddim.set_timesteps(15)
-    dpm = DPMSolverPPSampler(sched, SampleConfig(sampler="dpmsolver++", **cfg))
+    dpm = DPMSolverPPSampler.from_config(sched, SampleConfig(sampler="dpmsolver++", **cfg))
     dpm.set_timesteps(15)
     err_ddim = (ours(ddim, x)[-1] - x_ref).abs().max().item()
     err_dpm = (ours(dpm, x)[-1] - x_ref).abs().max().item()
@@ -244,7 +244,7 @@ def test_dpm_solver_second_order_beats_ddim_at_few_steps():
 
 def test_dpm_solver_history_resets_between_runs():
     sched = sched_T()
-    s = DPMSolverPPSampler(sched, SampleConfig(sampler="dpmsolver++", clip_x0=False))
+    s = DPMSolverPPSampler.from_config(sched, SampleConfig(sampler="dpmsolver++", clip_x0=False))
     s.set_timesteps(10)
     x = x_T()
     first, second = ours(s, x)[-1], ours(s, x)[-1]

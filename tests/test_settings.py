@@ -83,8 +83,13 @@ def test_invalid_yaml_and_non_mapping(tmp_path):
     assert "mapping" in _error(config=lst)
 
 
-def test_inconsistent_sizes_are_refused():
-    assert "data.size" in _error(preset="demo", sets=["data.size=64"])
+def test_one_image_size_taken_from_the_data():
+    assert build_settings(preset="demo", sets=["data.size=16"]).model.image_size == 16
+    assert "data.size" in _error(preset="demo", sets=["model.image_size=64"])
+    # attention placed at a side that the new size has no level for is an error, not silently dropped
+    with pytest.raises(DdpmkitError) as e:
+        build_settings(preset="demo", sets=["data.size=64"]).check_model()
+    assert "model.attn_resolutions" in str(e.value) and "8" in str(e.value)
 
 
 def test_bad_set_syntax():

@@ -8,8 +8,11 @@ import pytest
 import torch
 
 from ddpmkit.errors import DdpmkitError
-from ddpmkit.generate import generate, load_for_sampling
-from ddpmkit.train.checkpoint import STATE_FILE, latest_checkpoint
+from ddpmkit.checkpoint import load_model
+from ddpmkit.generate import eps_fn, generate
+from ddpmkit.samplers import make_sampler
+from ddpmkit.schedule import NoiseSchedule
+from ddpmkit.checkpoint import STATE_FILE, latest_checkpoint
 from ddpmkit.train.trainer import Trainer, train
 
 from conftest import tiny
@@ -107,9 +110,11 @@ def test_checkpoints_are_complete_and_pruned(tmp_path):
 def test_seeded_sampling_is_reproducible(tmp_path):
     s = tiny(tmp_path / "run", train={"max_steps": 3})
     _quiet(s).run()
-    model, settings, step = load_for_sampling(tmp_path / "run", torch.device("cpu"))
+    model, settings, step = load_model(tmp_path / "run", torch.device("cpu"))
     assert step == 3 and settings.model == s.model
-    draw = lambda seed: torch.cat(list(generate(model, settings, 6, seed=seed, batch_size=4, device=torch.device("cpu"))))  # noqa: E731
+    sampler = make_sampler(NoiseSchedule.from_config(settings.diffusion), settings.sample)
+    eps, cpu = eps_fn(model, torch.device("cpu")), torch.device("cpu")
+    draw = lambda seed: torch.cat(list(generate(eps, sampler, 6, (3, 16, 16), seed=seed, batch_size=4, device=cpu)))  # noqa: E731
     a, b, c = draw(0), draw(0), draw(1)
     assert a.shape == (6, 3, 16, 16)
     assert torch.equal(a, b)
@@ -121,9 +126,9 @@ def test_weights_from_another_architecture_are_refused(tmp_path):
     _quiet(tiny(tmp_path / "a", train={"max_steps": 1})).run()
     _quiet(tiny(tmp_path / "b", model={"ch": 24}, train={"max_steps": 1})).run()
     from ddpmkit.nn import UNet
-    from ddpmkit.train.checkpoint import load_weights
+    from ddpmkit.checkpoint import load_weights
 
-    model_b = UNet(tiny(tmp_path / "b", model={"ch": 24}).model)
+    model_b = UNet.from_config(tiny(tmp_path / "b", model={"ch": 24}).model)
     ckpt_a = latest_checkpoint(tmp_path / "a" / "checkpoints")
     with pytest.raises(DdpmkitError, match="different architecture") as e:
         load_weights(model_b, ckpt_a / "model.safetensors")
@@ -139,7 +144,7 @@ def test_state_file_with_pickled_code_is_refused(tmp_path):
             return (print, ("pwned",))
 
     torch.save({"step": Evil()}, ckpt / STATE_FILE)
-    from ddpmkit.train.checkpoint import load_state
+    from ddpmkit.checkpoint import load_state
 
     with pytest.raises(DdpmkitError, match="cannot read training state"):
         load_state(ckpt)

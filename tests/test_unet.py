@@ -46,7 +46,7 @@ def test_output_shape_matches_input(size: int, ch_mult: tuple[int, ...]) -> None
     cfg = ModelConfig(
         image_size=size, ch=32, ch_mult=ch_mult, num_res_blocks=1, attn_resolutions=(16,), num_groups=8
     )
-    model = UNet(cfg).eval()
+    model = UNet.from_config(cfg).eval()
     assert any(type(m).__name__ == "AttnBlock" for m in model.down.modules())  # 16 px level reached
     x, t = inputs(cfg)
     with torch.no_grad():
@@ -57,7 +57,7 @@ def test_output_shape_matches_input(size: int, ch_mult: tuple[int, ...]) -> None
 def test_celeba64_has_the_ddim_parameter_count() -> None:
     cfg = build_settings(preset="celeba64").model
     with torch.device("meta"):
-        model = UNet(cfg)
+        model = UNet.from_config(cfg)
     n = count_parameters(model)
     # diffusers' UNet2DModel in the DDIM CelebA-64 shape has exactly 78,700,803.
     assert abs(n - 78.7e6) < 0.5e6, n
@@ -82,12 +82,12 @@ def test_fresh_model_predicts_zero() -> None:
     cfg = small_cfg()
     x, t = inputs(cfg)
     with torch.no_grad():
-        assert UNet(cfg)(x, t).abs().max() == 0
+        assert UNet.from_config(cfg)(x, t).abs().max() == 0
 
 
 def test_time_changes_output() -> None:
     cfg = small_cfg()
-    model = perturbed(UNet(cfg)).eval()
+    model = perturbed(UNet.from_config(cfg)).eval()
     x, _ = inputs(cfg)
     with torch.no_grad():
         a = model(x, torch.tensor([10, 10]))
@@ -99,7 +99,7 @@ def test_time_changes_output() -> None:
 
 def test_condition_changes_output_and_null_embedding() -> None:
     cfg = small_cfg(cond_dim=5)
-    model = perturbed(UNet(cfg)).eval()
+    model = perturbed(UNet.from_config(cfg)).eval()
     x, t = inputs(cfg)
     c1 = torch.zeros(2, 5)
     c2 = torch.ones(2, 5)
@@ -115,7 +115,7 @@ def test_condition_changes_output_and_null_embedding() -> None:
 
 def test_condition_rejected_without_cond_dim() -> None:
     cfg = small_cfg()
-    model = UNet(cfg)
+    model = UNet.from_config(cfg)
     assert model.cond_proj is None
     x, t = inputs(cfg)
     with pytest.raises(ValueError, match="cond_dim"):
@@ -125,7 +125,7 @@ def test_condition_rejected_without_cond_dim() -> None:
 @pytest.mark.parametrize("with_cond", [False, True])
 def test_every_parameter_gets_a_gradient(with_cond: bool) -> None:
     cfg = small_cfg(cond_dim=3, dropout=0.1)
-    model = perturbed(UNet(cfg)).train()
+    model = perturbed(UNet.from_config(cfg)).train()
     x, t = inputs(cfg, batch=4)
     cond = torch.randn(4, 3) if with_cond else None
     drop = torch.tensor([True, False, True, False]) if with_cond else None
@@ -139,7 +139,7 @@ def test_every_parameter_gets_a_gradient(with_cond: bool) -> None:
 
 def test_samples_do_not_interact() -> None:
     cfg = small_cfg()
-    model = perturbed(UNet(cfg)).eval()
+    model = perturbed(UNet.from_config(cfg)).eval()
     x, t = inputs(cfg, batch=3)
     with torch.no_grad():
         full = model(x, t)
@@ -154,18 +154,21 @@ def test_samples_do_not_interact() -> None:
 
 def test_multi_head_attention_and_bad_head_channels() -> None:
     cfg = small_cfg(head_channels=8)
-    model = perturbed(UNet(cfg)).eval()
+    model = perturbed(UNet.from_config(cfg)).eval()
     assert model.mid_attn.heads == 4  # 32 channels / 8
     x, t = inputs(cfg)
     with torch.no_grad():
         assert torch.isfinite(model(x, t)).all()
+    with pytest.raises(ValueError, match="head_channels"):
+        UNet.from_config(small_cfg(head_channels=12))
+    # the settings refuse it first, with one line naming the key
     with pytest.raises(DdpmkitError, match="head_channels"):
-        UNet(small_cfg(head_channels=12))
+        build_settings(preset="demo", sets=["model.head_channels=12"])
 
 
 def test_bad_input_shapes_raise() -> None:
     cfg = small_cfg()
-    model = UNet(cfg)
+    model = UNet.from_config(cfg)
     t = torch.zeros(1, dtype=torch.long)
     with pytest.raises(ValueError, match="multiples of 2"):
         model(torch.zeros(1, 3, 15, 16), t)
@@ -175,7 +178,7 @@ def test_bad_input_shapes_raise() -> None:
 
 def test_channels_last_bf16_autocast_and_compile() -> None:
     cfg = small_cfg(cond_dim=2)
-    model = perturbed(UNet(cfg)).eval()
+    model = perturbed(UNet.from_config(cfg)).eval()
     x, t = inputs(cfg)
     cond = torch.randn(2, 2)
     with torch.no_grad():

@@ -28,7 +28,9 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     """The ε-prediction U-Net."""
 
-    image_size: int = Field(64, ge=8, le=1024, description="side of the square images, pixels")
+    image_size: Optional[int] = Field(
+        None, ge=8, le=1024, description="side of the square images, pixels; None = data.size (set that instead)"
+    )
     in_channels: int = Field(3, ge=1)
     ch: int = Field(128, ge=8, description="base channel count")
     ch_mult: tuple[int, ...] = Field((1, 2, 2, 2, 4), min_length=1)
@@ -40,16 +42,33 @@ class ModelConfig(_Section):
     cond_dim: int = Field(0, ge=0, description="conditioning vector size (e.g. 40 CelebA attributes); 0 = none")
 
     @model_validator(mode="after")
-    def _check_shapes(self) -> "ModelConfig":
-        down = 2 ** (len(self.ch_mult) - 1)
-        if self.image_size % down:
-            raise ValueError(
-                f"image_size {self.image_size} is not divisible by 2**(len(ch_mult)-1) = {down}"
-            )
+    def _check_groups(self) -> "ModelConfig":
         for m in self.ch_mult:
             if (self.ch * m) % self.num_groups:
                 raise ValueError(f"ch*{m} = {self.ch * m} is not divisible by num_groups {self.num_groups}")
         return self
+
+    def check_size(self, size: int) -> None:
+        """Raise ValueError unless the U-Net fits size x size images: the size halves cleanly at
+        every level, every attention resolution is one of the levels' sizes, and head_channels
+        divides the channels of every attention layer."""
+        down = 2 ** (len(self.ch_mult) - 1)
+        if size % down:
+            raise ValueError(f"data.size {size} is not divisible by 2**(len(model.ch_mult)-1) = {down}")
+        levels = [size // 2**i for i in range(len(self.ch_mult))]
+        for r in self.attn_resolutions:
+            if r not in levels:
+                raise ValueError(
+                    f"model.attn_resolutions: {r} matches no U-Net level at data.size {size} "
+                    f"(levels: {', '.join(map(str, levels))})"
+                )
+        if self.head_channels:
+            attn_ch = {self.ch * m for m, r in zip(self.ch_mult, levels) if r in self.attn_resolutions}
+            for c in sorted(attn_ch | {self.ch * self.ch_mult[-1]}):
+                if c % self.head_channels:
+                    raise ValueError(
+                        f"model.head_channels {self.head_channels} does not divide the {c} channels of an attention layer"
+                    )
 
 
 class DiffusionConfig(_Section):
@@ -158,20 +177,34 @@ class FidConfig(_Section):
 
 class Settings(_Section):
     preset: Optional[str] = None
-    model: ModelConfig = ModelConfig()
-    diffusion: DiffusionConfig = DiffusionConfig()
-    data: DataConfig = DataConfig()
-    train: TrainConfig = TrainConfig()
-    sample: SampleConfig = SampleConfig()
-    fid: FidConfig = FidConfig()
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+    fid: FidConfig = Field(default_factory=FidConfig)
 
     @model_validator(mode="after")
-    def _check_sizes(self) -> "Settings":
-        if self.data.size != self.model.image_size:
+    def _resolve_image_size(self) -> "Settings":
+        """The model's image size is the data's: data.size is the one place to set it."""
+        if self.model.image_size is None:
+            self.model.image_size = self.data.size
+        elif self.model.image_size != self.data.size:
             raise ValueError(
-                f"data.size ({self.data.size}) must equal model.image_size ({self.model.image_size})"
+                f"model.image_size ({self.model.image_size}) differs from data.size ({self.data.size}); "
+                "set only data.size (--size): the model takes its size from the data"
             )
         return self
+
+    def check_model(self) -> None:
+        """Raise DdpmkitError (one line) unless the model fits the data's image size.
+
+        Checked where a model is built (train, inspect), not on load: `prepare --size 64` with a
+        32 px preset needs no model."""
+        try:
+            self.model.check_size(self.data.size)
+        except ValueError as e:
+            raise DdpmkitError(f"bad setting {e} (preset {self.preset!r})") from None
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -238,6 +271,8 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"] if not isinstance(p, int)) or "settings"
     msg = first["msg"]
+    if first["type"] == "value_error":
+        msg = msg.removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     elif "input" in first and first["type"] != "missing" and not isinstance(first["input"], dict):

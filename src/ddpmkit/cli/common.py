@@ -12,7 +12,15 @@ from rich.console import Console
 from typing_extensions import Annotated
 
 from ddpmkit.errors import DdpmkitError
-from ddpmkit.settings import Settings, available_presets, build_settings
+from ddpmkit.settings import (
+    SampleConfig,
+    Settings,
+    available_presets,
+    build_settings,
+    format_validation_error,
+    parse_assignment,
+    read_yaml,
+)
 
 console = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -54,6 +62,36 @@ def resolve_settings(
     overrides: Optional[dict[str, Any]] = None,
 ) -> Settings:
     return build_settings(preset=preset, config=config, overrides=overrides, sets=sets)
+
+
+def resolve_sample_config(
+    stored: SampleConfig,
+    T: int,
+    config: Optional[Path],
+    sets: Optional[list[str]],
+    options: dict[str, Any],
+) -> SampleConfig:
+    """The sampling settings of one command, steps resolved (None -> the sampler's default).
+
+    Lowest first: the checkpoint's own `sample` section, then --config's, then --set sample.*,
+    then the command's options (None = not given).
+    """
+    from pydantic import ValidationError
+
+    from ddpmkit.samplers import default_steps
+
+    user = dict(read_yaml(config, "config file").get("sample", {}) if config else {})
+    for assignment in sets or []:
+        user.update(parse_assignment(assignment).get("sample", {}))
+    user.update({k: v for k, v in options.items() if v is not None})
+    try:
+        cfg = SampleConfig.model_validate({**stored.model_dump(), **user})
+    except ValidationError as e:
+        raise DdpmkitError(format_validation_error(e, "sample options")) from None
+    steps = cfg.steps or default_steps(cfg.sampler, T)
+    if steps > T:
+        raise DdpmkitError(f"--steps {steps} is more than the model's T = {T} diffusion steps")
+    return cfg.model_copy(update={"steps": steps})
 
 
 def is_tty() -> bool:

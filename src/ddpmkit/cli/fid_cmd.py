@@ -8,14 +8,22 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from pydantic import ValidationError
 from rich.table import Table
 from typing_extensions import Annotated
 
-from ddpmkit.cli.common import ConfigOpt, PresetOpt, SetOpt, console, out, resolve_settings, user_errors
+from ddpmkit.cli.common import (
+    ConfigOpt,
+    PresetOpt,
+    SetOpt,
+    console,
+    out,
+    resolve_sample_config,
+    resolve_settings,
+    user_errors,
+)
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.io_utils import write_text_atomic
-from ddpmkit.settings import SampleConfig, Settings, format_validation_error, parse_assignment, read_yaml
+from ddpmkit.settings import Settings
 
 
 def _image_source(path: Path, split: str, n: Optional[int]):
@@ -52,32 +60,22 @@ def _source_stats(source, ex, cache_dir: Path):
     return stats, desc
 
 
-def _sample_config(base: SampleConfig, config: Optional[Path], sets: Optional[list[str]], updates: dict[str, Any]) -> SampleConfig:
-    """The checkpoint's sampling settings, overridden by --config / --set sample.* / the options."""
-    user = dict(read_yaml(config, "config file").get("sample", {}) if config else {})
-    for assignment in sets or []:
-        user.update(parse_assignment(assignment).get("sample", {}))
-    user.update({k: v for k, v in updates.items() if v is not None})
-    try:
-        return SampleConfig.model_validate({**base.model_dump(), **user})
-    except ValidationError as e:
-        raise DdpmkitError(format_validation_error(e, "sample options")) from None
-
-
 def _generated_stats(path: Path, asked: Settings, ex, dev, config, sets, opts: dict[str, Any]):
     """Statistics of n samples from a checkpoint; returns (stats, description, its settings)."""
-    from ddpmkit.fid import to_uint8
-    from ddpmkit.generate import generate, load_for_sampling
+    from ddpmkit.checkpoint import load_model
+    from ddpmkit.generate import eps_fn, generate
+    from ddpmkit.images import to_uint8
     from ddpmkit.samplers import make_sampler
     from ddpmkit.schedule import NoiseSchedule
 
-    model, settings, step = load_for_sampling(path, dev, fallback_settings=asked)
-    cfg = _sample_config(settings.sample, config, sets, opts)
+    model, settings, step = load_model(path, dev, fallback_settings=asked)
+    cfg = resolve_sample_config(settings.sample, settings.diffusion.timesteps, config, sets, opts)
+    sampler = make_sampler(NoiseSchedule.from_config(settings.diffusion).to(dev), cfg)
     n = asked.fid.n
-    images = generate(model, settings, n, seed=cfg.seed, batch_size=cfg.batch_size, device=dev, sample_cfg=cfg)
-    stats = ex.stats((to_uint8(x).cpu() for x in images), limit=n)
-    steps = len(make_sampler(NoiseSchedule.from_config(settings.diffusion), cfg))  # resolves steps=None
-    desc = {"kind": "checkpoint", "path": str(path), "sampler": cfg.sampler, "steps": steps, "eta": cfg.eta,
+    shape = (settings.model.in_channels, settings.data.size, settings.data.size)
+    images = generate(eps_fn(model, dev), sampler, n, shape, seed=cfg.seed, batch_size=cfg.batch_size, device=dev)
+    stats = ex.stats((to_uint8(x) for x in images), limit=n)
+    desc = {"kind": "checkpoint", "path": str(path), "sampler": cfg.sampler, "steps": cfg.steps, "eta": cfg.eta,
             "seed": cfg.seed, "checkpoint_step": step}
     return stats, desc, settings
 

@@ -33,12 +33,13 @@ def _param_count(settings: Settings) -> int:
 
     from ddpmkit.nn import UNet, count_parameters
 
+    settings.check_model()
     with torch.device("meta"):  # no memory, no time: only shapes
-        return count_parameters(UNet(settings.model))
+        return count_parameters(UNet.from_config(settings.model))
 
 
 def _inspect_checkpoint(path: Path) -> None:
-    from ddpmkit.train.checkpoint import read_metadata, resolve_checkpoint, settings_of
+    from ddpmkit.checkpoint import read_metadata, resolve_checkpoint, settings_of
     from ddpmkit.train.rundir import read_log
 
     ref = resolve_checkpoint(path)

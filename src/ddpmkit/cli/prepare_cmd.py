@@ -14,7 +14,7 @@ from ddpmkit.cli.common import ConfigOpt, PresetOpt, SetOpt, console, out, resol
 
 @user_errors
 def prepare(
-    size: Annotated[Optional[int], typer.Option("--size", help="Prepared image side in pixels (sets data.size and model.image_size).")] = None,
+    size: Annotated[Optional[int], typer.Option("--size", help="Prepared image side in pixels (data.size; the model takes its size from it).")] = None,
     crop: Annotated[Optional[str], typer.Option("--crop", help="ddim (128 box at top 57, left 25), center140, or full.")] = None,
     split: Annotated[Optional[str], typer.Option("--split", help="train, val, test or all (official partition).")] = None,
     root: Annotated[Optional[Path], typer.Option("--root", help="CelebA root or image folder (default data.root, env DDPMKIT_DATA_ROOT).")] = None,
@@ -29,8 +29,7 @@ def prepare(
     from ddpmkit.data.prepare import prepare_dataset
 
     data = {"size": size, "crop": crop, "split": split, "root": root, "cache_dir": cache_dir, "workers": workers}
-    # data.size must equal model.image_size; --size is about the data, so it sets both
-    overrides = {"data": data, "model": {"image_size": size}}
+    overrides = {"data": data}
     settings = resolve_settings(config, preset, set_, overrides)
     cfg = settings.data
     result = prepare_dataset(cfg, force=force, console=console, show_progress=True)

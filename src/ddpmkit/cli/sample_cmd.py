@@ -10,11 +10,17 @@ import torch
 import typer
 from typing_extensions import Annotated
 
-from ddpmkit.cli.common import ConfigOpt, PresetOpt, SetOpt, console, resolve_settings, user_errors
+from ddpmkit.cli.common import (
+    ConfigOpt,
+    PresetOpt,
+    SetOpt,
+    console,
+    resolve_sample_config,
+    resolve_settings,
+    user_errors,
+)
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.io_utils import free_dir
-from ddpmkit.settings import SampleConfig, format_validation_error, read_yaml, parse_assignment
-from pydantic import ValidationError
 
 
 @user_errors
@@ -36,27 +42,23 @@ def sample(
     sets: SetOpt = None,
 ) -> None:
     """Generate faces with a trained model: grid.png, images/*.png and (--gif) denoise.gif."""
+    from ddpmkit.checkpoint import load_model
     from ddpmkit.device import resolve_device
-    from ddpmkit.generate import generate, load_for_sampling
+    from ddpmkit.generate import eps_fn, generate
     from ddpmkit.images import make_grid_image, save_gif, save_grid, save_images, upscale_nearest
+    from ddpmkit.samplers import make_sampler
+    from ddpmkit.schedule import NoiseSchedule
 
     asked = resolve_settings(config, preset, sets, {"train": {"device": device}})
     dev = resolve_device(asked.train.device)
     path = checkpoint or asked.train.run_dir
-    model, settings, step = load_for_sampling(path, dev, use_ema=not no_ema, fallback_settings=asked)
-    # sampling options: the command line, then --config/--set sample.*, then the checkpoint's own
-    user = dict(read_yaml(config, "config file").get("sample", {}) if config else {})
-    for assignment in sets or []:
-        user.update(parse_assignment(assignment).get("sample", {}))
-    updates = {"n": n, "seed": seed, "sampler": sampler, "steps": steps, "eta": eta, "batch_size": batch_size}
-    user.update({k: v for k, v in updates.items() if v is not None})
-    try:
-        cfg = SampleConfig.model_validate({**settings.sample.model_dump(), **user})
-    except ValidationError as e:
-        raise DdpmkitError(format_validation_error(e, "sample options")) from None
+    model, settings, step = load_model(path, dev, use_ema=not no_ema, fallback_settings=asked)
+    options = {"n": n, "seed": seed, "sampler": sampler, "steps": steps, "eta": eta, "batch_size": batch_size}
+    cfg = resolve_sample_config(settings.sample, settings.diffusion.timesteps, config, sets, options)
+    smp = make_sampler(NoiseSchedule.from_config(settings.diffusion).to(dev), cfg)
 
     run_name = Path(path).resolve().name
-    label = f"{run_name}-step{step}-{cfg.sampler}{cfg.steps or ''}-seed{cfg.seed}"
+    label = f"{run_name}-step{step}-{cfg.sampler}{cfg.steps}-seed{cfg.seed}"
     if out is not None:
         if out.exists() and any(out.iterdir()) and not force:
             raise DdpmkitError(f"output folder {out} already holds files; pass --force or choose another --out")
@@ -66,27 +68,21 @@ def sample(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     frames: list = []
-    total_steps = cfg.steps or (settings.diffusion.timesteps if cfg.sampler == "ddpm" else 50)
-    keep = set(torch.linspace(0, total_steps - 1, min(cfg.gif_frames, total_steps)).round().long().tolist())
+    keep = set(torch.linspace(-1, cfg.steps - 1, min(cfg.gif_frames, cfg.steps + 1)).round().long().tolist())
 
-    def on_step(i: int, t: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+    def on_step(i: int, t: int, x: torch.Tensor, x0: Optional[torch.Tensor]) -> None:
         if i in keep:
             frames.append(upscale_nearest(make_grid_image(x[:16].clamp(-1, 1).cpu()), 256))
 
-    console.print(f"sampling {cfg.n} images with {cfg.sampler} ({total_steps} steps) on {dev} from step {step}", markup=False)
+    console.print(f"sampling {cfg.n} images with {cfg.sampler} ({cfg.steps} steps) on {dev} from step {step}", markup=False)
     t0 = time.perf_counter()
-    images = []
-    if gif:
-        frames.append(None)  # x_T, filled below from the same seed
-    for x in generate(model, settings, cfg.n, seed=cfg.seed, batch_size=cfg.batch_size, device=dev, sample_cfg=cfg, callback=on_step if gif else None):
-        images.append(x.cpu())
+    shape = (settings.model.in_channels, settings.data.size, settings.data.size)
+    images = [x.cpu() for x in generate(eps_fn(model, dev), smp, cfg.n, shape, seed=cfg.seed,
+                                        batch_size=cfg.batch_size, device=dev, callback=on_step if gif else None)]
     x = torch.cat(images)
     save_grid(x, out_dir / "grid.png")
     save_images(x, out_dir / "images")
     if gif:
-        shape = (min(cfg.batch_size, cfg.n), *x.shape[1:])
-        x_T = torch.randn(shape, generator=torch.Generator(device=dev).manual_seed(cfg.seed), device=dev)
-        frames[0] = upscale_nearest(make_grid_image(x_T[:16].clamp(-1, 1).cpu()), 256)
         save_gif(frames, out_dir / "denoise.gif")
     console.print(
         f"wrote {cfg.n} images in {time.perf_counter() - t0:.1f}s to {out_dir}"

@@ -1,4 +1,4 @@
-"""The ε-prediction U-Net: `UNet(cfg.model)`, and `count_parameters`."""
+"""The ε-prediction U-Net: `UNet.from_config(settings.model)`, and `count_parameters`."""
 
 from ddpmkit.nn.unet import UNet, count_parameters
 

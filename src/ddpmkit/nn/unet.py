@@ -19,16 +19,17 @@ of every ResBlock, every attention projection and the output conv, so a fresh ne
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddpmkit.errors import DdpmkitError
 from ddpmkit.nn.blocks import GROUPNORM_EPS, AttnBlock, Downsample, ResBlock, Upsample, conv3x3, init_layer
 from ddpmkit.nn.embeddings import timestep_embedding
-from ddpmkit.settings import ModelConfig
+
+if TYPE_CHECKING:
+    from ddpmkit.settings import ModelConfig
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
@@ -49,51 +50,60 @@ class _Level(nn.Module):
 class UNet(nn.Module):
     """ε_θ(x_t, t[, c]): predicts the noise in x_t.
 
-    Built from a `ModelConfig`; `self.cfg` keeps a copy. When cfg.cond_dim > 0 a
-    Linear(cond_dim, 4ch) of the condition is added to the time embedding, and a learned null
-    embedding stands in for it where no condition is given (classifier-free guidance).
+    Plain arguments (see `settings.ModelConfig` for their meaning); `UNet.from_config(cfg)` builds
+    it from settings. attn_resolutions are feature-map sides (image_size / 2^level) that get
+    self-attention. With cond_dim > 0 a Linear(cond_dim, 4ch) of a condition vector is added to
+    the time embedding, and a learned null embedding stands in where no condition is given.
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        in_channels: int = 3,
+        ch: int = 128,
+        ch_mult: Sequence[int] = (1, 2, 2, 2, 4),
+        num_res_blocks: int = 2,
+        attn_resolutions: Sequence[int] = (16,),
+        dropout: float = 0.1,
+        num_groups: int = 32,
+        head_channels: int = 0,
+        cond_dim: int = 0,
+    ) -> None:
         super().__init__()
-        self.cfg = cfg.model_copy()
-        ch, groups, drop = cfg.ch, cfg.num_groups, cfg.dropout
+        self.image_size, self.in_channels, self.ch, self.cond_dim = image_size, in_channels, ch, cond_dim
         emb_dim = 4 * ch
-        self.num_levels = len(cfg.ch_mult)
+        self.num_levels = len(ch_mult)
         self._size_multiple = 2 ** (self.num_levels - 1)
 
-        def attn(channels: int) -> AttnBlock:
-            if cfg.head_channels and channels % cfg.head_channels:
-                raise DdpmkitError(
-                    f"model.head_channels {cfg.head_channels} does not divide the {channels} channels "
-                    "of an attention layer"
-                )
-            return AttnBlock(channels, groups, cfg.head_channels)
+        def res_block(c_in: int, c_out: int) -> ResBlock:
+            return ResBlock(c_in, c_out, emb_dim, num_groups, dropout)
+
+        def attn_or_identity(channels: int, size: int) -> nn.Module:
+            return AttnBlock(channels, num_groups, head_channels) if size in attn_resolutions else nn.Identity()
 
         self.temb = nn.Sequential(
             init_layer(nn.Linear(ch, emb_dim)), nn.SiLU(), init_layer(nn.Linear(emb_dim, emb_dim))
         )
-        if cfg.cond_dim > 0:
-            proj = nn.Linear(cfg.cond_dim, emb_dim)
-            self.cond_proj: Optional[nn.Linear] = init_layer(proj)  # type: ignore[assignment]
+        self.cond_proj: Optional[nn.Linear] = None
+        self.null_cond: Optional[nn.Parameter] = None
+        if cond_dim > 0:
+            self.cond_proj = init_layer(nn.Linear(cond_dim, emb_dim))  # type: ignore[assignment]
             # Zero: "no condition" starts out adding nothing to the time embedding.
-            self.null_cond: Optional[nn.Parameter] = nn.Parameter(torch.zeros(emb_dim))
-        else:
-            self.cond_proj = None
-            self.null_cond = None
+            self.null_cond = nn.Parameter(torch.zeros(emb_dim))
 
-        self.conv_in = conv3x3(cfg.in_channels, ch)
+        self.conv_in = conv3x3(in_channels, ch)
 
         # Down path; skip_ch records the channels of every kept feature map, in push order.
         skip_ch = [ch]
-        cur, size = ch, cfg.image_size
+        cur, size = ch, image_size
         self.down = nn.ModuleList()
-        for i, mult in enumerate(cfg.ch_mult):
+        for i, mult in enumerate(ch_mult):
             out = ch * mult
             res, att = [], []
-            for _ in range(cfg.num_res_blocks):
-                res.append(ResBlock(cur, out, emb_dim, groups, drop))
-                att.append(attn(out) if size in cfg.attn_resolutions else nn.Identity())
+            for _ in range(num_res_blocks):
+                res.append(res_block(cur, out))
+                att.append(attn_or_identity(out, size))
                 cur = out
                 skip_ch.append(cur)
             last = i == self.num_levels - 1
@@ -102,18 +112,18 @@ class UNet(nn.Module):
                 skip_ch.append(cur)
                 size //= 2
 
-        self.mid1 = ResBlock(cur, cur, emb_dim, groups, drop)
-        self.mid_attn = attn(cur)
-        self.mid2 = ResBlock(cur, cur, emb_dim, groups, drop)
+        self.mid1 = res_block(cur, cur)
+        self.mid_attn = AttnBlock(cur, num_groups, head_channels)
+        self.mid2 = res_block(cur, cur)
 
         # Up path, indexed by level like the down path (self.up[i] runs at image_size / 2^i).
         up: list[_Level] = []
         for i in reversed(range(self.num_levels)):
-            out = ch * cfg.ch_mult[i]
+            out = ch * ch_mult[i]
             res, att = [], []
-            for _ in range(cfg.num_res_blocks + 1):
-                res.append(ResBlock(cur + skip_ch.pop(), out, emb_dim, groups, drop))
-                att.append(attn(out) if size in cfg.attn_resolutions else nn.Identity())
+            for _ in range(num_res_blocks + 1):
+                res.append(res_block(cur + skip_ch.pop(), out))
+                att.append(attn_or_identity(out, size))
                 cur = out
             up.insert(0, _Level(res, att, Upsample(cur) if i != 0 else None))
             if i != 0:
@@ -121,24 +131,31 @@ class UNet(nn.Module):
         assert not skip_ch, "every skip connection must be consumed"
         self.up = nn.ModuleList(up)
 
-        self.norm_out = nn.GroupNorm(groups, cur, eps=GROUPNORM_EPS)
-        self.conv_out = conv3x3(cur, cfg.in_channels, zero=True)
+        self.norm_out = nn.GroupNorm(num_groups, cur, eps=GROUPNORM_EPS)
+        self.conv_out = conv3x3(cur, in_channels, zero=True)
+
+    @classmethod
+    def from_config(cls, cfg: "ModelConfig") -> "UNet":
+        """The U-Net that `cfg` (settings' model section, image_size resolved) describes."""
+        if cfg.image_size is None:
+            raise ValueError("model.image_size is unresolved: build the model from Settings, which take it from data.size")
+        return cls(**cfg.model_dump())
 
     def embed(self, t: Tensor, cond: Optional[Tensor] = None, drop_cond: Optional[Tensor] = None) -> Tensor:
         """Time (+ condition) embedding, (B, 4ch). Arguments as in `forward`."""
         w = self.temb[0].weight
-        emb = self.temb(timestep_embedding(t, self.cfg.ch).to(w.dtype))
+        emb = self.temb(timestep_embedding(t, self.ch).to(w.dtype))
         if self.cond_proj is None or self.null_cond is None:
             if cond is not None or drop_cond is not None:
                 raise ValueError("a condition was passed but this model has model.cond_dim = 0")
             return emb
         B = t.shape[0]
         if cond is None:
-            c = emb.new_zeros(B, self.cfg.cond_dim)
+            c = emb.new_zeros(B, self.cond_dim)
             drop = torch.ones(B, dtype=torch.bool, device=emb.device)
         else:
-            if cond.shape != (B, self.cfg.cond_dim):
-                raise ValueError(f"cond must have shape ({B}, {self.cfg.cond_dim}), got {tuple(cond.shape)}")
+            if cond.shape != (B, self.cond_dim):
+                raise ValueError(f"cond must have shape ({B}, {self.cond_dim}), got {tuple(cond.shape)}")
             c = cond.to(w.dtype)
             drop = (
                 torch.zeros(B, dtype=torch.bool, device=emb.device) if drop_cond is None else drop_cond.bool()
@@ -157,7 +174,7 @@ class UNet(nn.Module):
         """Predict ε.
 
         x: (B, in_channels, H, W) float, x_t in roughly [-1, 1]; H and W divisible by
-           2^(len(ch_mult)-1) (attention sits where it was placed for cfg.image_size).
+           2^(len(ch_mult)-1) (attention sits where it was placed for image_size).
         t: (B,) long or float timestep indices in [0, T), or a scalar for the whole batch.
         cond: optional (B, cond_dim) condition (e.g. CelebA attributes), only when cond_dim > 0;
            None means the learned null (unconditional) embedding for every sample.
@@ -165,8 +182,8 @@ class UNet(nn.Module):
         Returns ε̂: (B, in_channels, H, W), in x's dtype unless autocast is on (then bf16/fp16).
         Raises ValueError on a wrong shape or on cond given to an unconditional model.
         """
-        if x.dim() != 4 or x.shape[1] != self.cfg.in_channels:
-            raise ValueError(f"x must be (B, {self.cfg.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must be (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         if x.shape[2] % self._size_multiple or x.shape[3] % self._size_multiple:
             raise ValueError(
                 f"x height and width must be multiples of {self._size_multiple}, got {tuple(x.shape)}"

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from ddpmkit.errors import DdpmkitError
+
 from ddpmkit.samplers.base import Sampler, StepOutput
 from ddpmkit.samplers.ddim import DDIMSampler
 from ddpmkit.samplers.ddpm import DDPMSampler
 from ddpmkit.samplers.dpm_solver import DPMSolverPPSampler
-from ddpmkit.samplers.loop import sample
+from ddpmkit.samplers.loop import StepCallback, sample
 from ddpmkit.schedule import NoiseSchedule
+
+if TYPE_CHECKING:
+    from ddpmkit.settings import SampleConfig
 
 SAMPLERS: dict[str, type[Sampler]] = {
     "ddpm": DDPMSampler,
@@ -16,14 +23,17 @@ SAMPLERS: dict[str, type[Sampler]] = {
 }
 
 
-def make_sampler(sched: NoiseSchedule, cfg) -> Sampler:  # cfg: settings.SampleConfig
-    """Build and set up the sampler that `cfg.sampler` names, with `cfg.steps` steps."""
-    from ddpmkit.errors import DdpmkitError
+def default_steps(sampler: str, T: int) -> int:
+    """Network calls when none are asked for: all T for DDPM (Algorithm 2), else min(50, T)."""
+    return T if sampler == "ddpm" else min(50, T)
 
+
+def make_sampler(sched: NoiseSchedule, cfg: "SampleConfig") -> Sampler:
+    """Build the sampler that `cfg.sampler` names, set to `cfg.steps` steps (None: the default)."""
     if cfg.sampler not in SAMPLERS:
         raise DdpmkitError(f"unknown sampler '{cfg.sampler}'; choose one of: {', '.join(SAMPLERS)}")
     sampler = SAMPLERS[cfg.sampler].from_config(sched, cfg)
-    sampler.set_timesteps(cfg.steps)
+    sampler.set_timesteps(cfg.steps or default_steps(cfg.sampler, sched.T))
     return sampler
 
 
@@ -33,7 +43,9 @@ __all__ = [
     "DPMSolverPPSampler",
     "SAMPLERS",
     "Sampler",
+    "StepCallback",
     "StepOutput",
+    "default_steps",
     "make_sampler",
     "sample",
 ]

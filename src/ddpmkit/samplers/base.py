@@ -36,9 +36,9 @@ class Sampler(ABC):
         self.timesteps: Tensor = torch.empty(0, dtype=torch.long)
 
     @classmethod
+    @abstractmethod
     def from_config(cls, sched: NoiseSchedule, cfg) -> "Sampler":  # cfg: settings.SampleConfig
-        """Build from the `sample` settings; samplers with options read them from cfg."""
-        return cls(sched, cfg)  # type: ignore[call-arg]
+        """Build from the `sample` settings, reading the options this sampler has."""
 
     def set_timesteps(self, num_steps: int | None = None) -> None:
         """Pick the training indices to visit, in decreasing order: (N,) long."""

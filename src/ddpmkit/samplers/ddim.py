@@ -21,10 +21,14 @@ class DDIMSampler(Sampler):
     name = "ddim"
     default_steps = 50
 
-    def __init__(self, sched: NoiseSchedule, cfg) -> None:  # cfg: settings.SampleConfig
-        super().__init__(sched, cfg.spacing)
-        self.eta = float(cfg.eta)
-        self.clip_x0 = bool(cfg.clip_x0)
+    def __init__(self, sched: NoiseSchedule, spacing: str = "uniform", eta: float = 0.0, clip_x0: bool = True) -> None:
+        super().__init__(sched, spacing)
+        self.eta = float(eta)
+        self.clip_x0 = bool(clip_x0)
+
+    @classmethod
+    def from_config(cls, sched: NoiseSchedule, cfg) -> "DDIMSampler":  # cfg: settings.SampleConfig
+        return cls(sched, cfg.spacing, cfg.eta, cfg.clip_x0)
 
     def _alpha_bar(self, i: int) -> float:
         """ᾱ at position i of the visited steps; 1 past the last one (the clean image)."""

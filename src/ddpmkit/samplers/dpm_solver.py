@@ -29,10 +29,14 @@ class DPMSolverPPSampler(Sampler):
     name = "dpmsolver++"
     default_steps = 50  # settings: "None = T for ddpm, 50 otherwise"; 10–25 is usually enough
 
-    def __init__(self, sched: NoiseSchedule, cfg) -> None:  # cfg: settings.SampleConfig
-        super().__init__(sched, cfg.spacing)
-        self.clip_x0 = bool(cfg.clip_x0)
+    def __init__(self, sched: NoiseSchedule, spacing: str = "uniform", clip_x0: bool = True) -> None:
+        super().__init__(sched, spacing)
+        self.clip_x0 = bool(clip_x0)
         self._prev_x0: Optional[Tensor] = None  # x̂_0 from the previous step (the multistep memory)
+
+    @classmethod
+    def from_config(cls, sched: NoiseSchedule, cfg) -> "DPMSolverPPSampler":  # cfg: settings.SampleConfig
+        return cls(sched, cfg.spacing, cfg.clip_x0)
 
     def _on_set_timesteps(self) -> None:
         self._prev_x0 = None

@@ -10,8 +10,8 @@ from torch import Tensor
 from ddpmkit.samplers.base import Sampler
 
 EpsModel = Callable[[Tensor, Tensor], Tensor]
-# called after each step with (i, t, x_after_step, pred_x0)
-StepCallback = Callable[[int, int, Tensor, Tensor], None]
+# called with (i, t, x, pred_x0): first (-1, t_first, x_T, None), then after each step i
+StepCallback = Callable[[int, int, Tensor, Optional[Tensor]], None]
 
 
 @torch.no_grad()
@@ -35,6 +35,8 @@ def sample(
         x = torch.randn(shape, generator=generator, device=device)
     else:
         x = x_T.to(device)
+    if callback is not None:
+        callback(-1, int(sampler.timesteps[0]), x, None)
     for i, t in enumerate(sampler.timesteps.tolist()):
         tt = torch.full((shape[0],), t, device=x.device, dtype=torch.long)
         eps = eps_model(x, tt).to(x.dtype)

@@ -21,7 +21,7 @@ from ddpmkit import __version__
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.io_utils import write_text_atomic
 from ddpmkit.settings import Settings
-from ddpmkit.train.checkpoint import latest_checkpoint
+from ddpmkit.checkpoint import latest_checkpoint
 
 
 class RunDir:

@@ -23,9 +23,12 @@ from ddpmkit import __version__
 from ddpmkit.device import DistInfo, autocast, dist_from_env, resolve_device
 from ddpmkit.diffusion import training_loss
 from ddpmkit.errors import DdpmkitError
+from ddpmkit.generate import eps_fn, generate
+from ddpmkit.images import save_grid, to_uint8
+from ddpmkit.samplers import make_sampler
 from ddpmkit.schedule import NoiseSchedule
 from ddpmkit.settings import Settings, settings_from_dict
-from ddpmkit.train.checkpoint import (
+from ddpmkit.checkpoint import (
     EMA_FILE,
     MODEL_FILE,
     load_state,
@@ -113,6 +116,7 @@ class Trainer:
     def _setup(self) -> None:
         s, d = self.settings, self.dist
         tc = s.train
+        s.check_model()  # before anything is written
         self.device = resolve_device(tc.device)
         if self.device.type == "cuda" and d.enabled:
             self.device = torch.device("cuda", d.local_rank)
@@ -154,7 +158,7 @@ class Trainer:
             raise DdpmkitError(
                 f"dataset has {len(images)} images, fewer than one batch of {tc.batch_size}; lower train.batch_size"
             )
-        self.model: nn.Module = UNet(s.model).to(self.device)
+        self.model: nn.Module = UNet.from_config(s.model).to(self.device)
         if self.device.type == "cuda" and tc.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.n_params = count_parameters(self.model)
@@ -367,29 +371,37 @@ class Trainer:
         self._barrier()
         return path
 
+    def _ema_images(self, cfg, n: int, seed: int) -> torch.Tensor:
+        """n EMA samples (n, C, H, W) in [-1, 1] with the sampler that `cfg` describes."""
+        s = self.settings
+        was_training = self.ema.model.training
+        self.ema.model.eval()
+        sampler = make_sampler(self.sched, cfg)
+        shape = (s.model.in_channels, s.data.size, s.data.size)
+        x = torch.cat(list(generate(eps_fn(self.ema.model, self.device, s.train.precision), sampler, n, shape,
+                                    seed=seed, batch_size=min(n, s.sample.batch_size), device=self.device)))
+        self.ema.model.train(was_training)
+        return x
+
     def sample_grid(self) -> Optional[Path]:
-        """An EMA sample grid with a fixed seed, so grids compare across steps (rank 0)."""
+        """An EMA sample grid with a fixed seed, so grids compare across steps (rank 0).
+
+        DDIM with 50 steps (η = 0): fast, and deterministic, so the grids differ only by the model."""
         if not self.dist.is_main:
             return None
-        from ddpmkit.generate import training_preview
-
+        s = self.settings
+        cfg = s.sample.model_copy(update={"sampler": "ddim", "steps": min(50, s.diffusion.timesteps), "eta": 0.0})
         path = self.run_dir.samples / f"step_{self.step:08d}.png"
-        training_preview(self.ema.model, self.settings, path, device=self.device)
+        save_grid(self._ema_images(cfg, s.train.num_samples, s.train.seed).cpu(), path)
         return path
 
     def log_fid(self) -> Optional[float]:
         """FID of fid.every_n EMA samples (fixed seed, fast sampler), logged beside the loss (rank 0)."""
         if self.fid_monitor is None:
             return None
-        from ddpmkit.generate import generate
-        from ddpmkit.images import to_uint8
-
         f = self.settings.fid
         cfg = self.settings.sample.model_copy(update={"sampler": f.every_sampler, "steps": f.every_steps})
-        self.ema.model.eval()
-        images = generate(self.ema.model, self.settings, f.every_n, seed=0,
-                          batch_size=self.settings.sample.batch_size, device=self.device, sample_cfg=cfg)
-        value = self.fid_monitor(to_uint8(x) for x in images)
+        value = self.fid_monitor(to_uint8(x) for x in self._ema_images(cfg, f.every_n, 0).split(50))
         if self.log_file is not None:
             self.log_file.write({"step": self.step, "fid": round(value, 4), "fid_n": f.every_n,
                                  "fid_sampler": f"{f.every_sampler}{f.every_steps}"})

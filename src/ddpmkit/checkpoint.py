@@ -26,6 +26,7 @@ from torch import nn
 from ddpmkit import __version__
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.io_utils import atomic_path, write_text_atomic
+from ddpmkit.nn import UNet
 from ddpmkit.settings import Settings, settings_from_dict
 
 MODEL_FILE = "model.safetensors"
@@ -149,6 +150,35 @@ def load_weights(model: nn.Module, weights: Path) -> None:
         raise DdpmkitError(f"{weights} is not a readable safetensors file ({e})") from None
     check_fits(model, sd, weights)
     model.load_state_dict(sd)
+
+
+def load_model(
+    path: Path,
+    device: torch.device | str = "cpu",
+    *,
+    use_ema: bool = True,
+    fallback_settings: Optional[Settings] = None,
+) -> tuple[UNet, Settings, int]:
+    """Build the network a checkpoint was trained as and load its (EMA) weights.
+
+    `path`: run directory, checkpoint folder or .safetensors file. A foreign weights file carries
+    no settings: then `fallback_settings` describe the model, and must fit the weights.
+    Returns (model in eval mode on `device`, its settings, training step).
+    """
+    ref = resolve_checkpoint(path)
+    weights = ref.weights
+    if not use_ema and weights.name != MODEL_FILE and (ref.path / MODEL_FILE).exists():
+        weights = ref.path / MODEL_FILE
+    settings = settings_of(weights)
+    if settings is None:
+        if fallback_settings is None:
+            raise DdpmkitError(f"{weights} was not written by ddpmkit: give --preset or --config describing its model")
+        settings = fallback_settings
+    settings.check_model()
+    step = int(read_metadata(weights).get("step", 0) or 0)
+    model = UNet.from_config(settings.model)
+    load_weights(model, weights)
+    return model.to(device).eval(), settings, step
 
 
 def check_fits(model: nn.Module, sd: dict[str, torch.Tensor], source: Path | str) -> None:
