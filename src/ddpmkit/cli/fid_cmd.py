@@ -66,8 +66,8 @@ def _sample_config(base: SampleConfig, config: Optional[Path], sets: Optional[li
 
 def _generated_stats(path: Path, asked: Settings, ex, dev, config, sets, opts: dict[str, Any]):
     """Statistics of n samples from a checkpoint; returns (stats, description, its settings)."""
-    from ddpmkit.fid import to_uint8
     from ddpmkit.generate import generate, load_for_sampling
+    from ddpmkit.images import to_uint8
     from ddpmkit.samplers import make_sampler
     from ddpmkit.schedule import NoiseSchedule
 
