@@ -1,16 +1,26 @@
-"""Shared fixtures: tiny settings that train in seconds on a CPU, and the path to ../shared."""
+"""Shared fixtures: tiny settings that train in seconds on a CPU, the path to ../shared, and the
+FID weights from ../shared for the whole session (through $DDPMKIT_FID_WEIGHTS, as a user would)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
-from ddpmkit.settings import Settings, build_settings, deep_merge
+from ddpmkit.settings import FID_WEIGHTS_ENV, Settings, build_settings, deep_merge
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+FID_WEIGHTS = SHARED / "fid" / "pt_inception-2015-12-05-fid-nofc.pth"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fid_weights_env() -> Iterator[Path]:
+    """$DDPMKIT_FID_WEIGHTS -> ../shared/fid/<file> for every test (product code knows no such path)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(FID_WEIGHTS_ENV, str(FID_WEIGHTS))
+        yield FID_WEIGHTS
 
 TINY: dict[str, Any] = {
     "model": {

@@ -27,10 +27,10 @@ from ddpmkit.fid import (
     frechet_distance,
     resolve_weights,
 )
-from ddpmkit.fid.inception import WEIGHTS_NAME
+from ddpmkit.fid.weights import PYTORCH_FID_URL, WEIGHTS_NAME
+from ddpmkit.settings import FID_WEIGHTS_ENV
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:Matrix is singular")
-from ddpmkit.settings import FID_WEIGHTS_ENV
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CELEBA = SHARED / "celeba"
@@ -104,19 +104,40 @@ def _offline_pytorch_fid(monkeypatch) -> None:
 
 
 def test_missing_weights_file_names_the_setting(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     with pytest.raises(DdpmkitError) as e:
-        resolve_weights(tmp_path / "nope.pth")
+        resolve_weights(tmp_path / "nope.pth")  # set but wrong: reported, not replaced by $DDPMKIT_FID_WEIGHTS
     msg = str(e.value)
     assert "fid.weights" in msg and FID_WEIGHTS_ENV in msg and "nope.pth" in msg and "\n" not in msg
-    # the default search: the environment variable wins
+    assert str(tmp_path / "xdg" / "ddpmkit") in msg and PYTORCH_FID_URL in msg  # every place, and where to get it
+    # the default search: the environment variable comes before the user cache
     monkeypatch.setenv(FID_WEIGHTS_ENV, str(tmp_path / "env.pth"))
     with pytest.raises(DdpmkitError, match="env.pth"):
         FidExtractor(None)
 
 
-def test_default_weights_found_through_environment(monkeypatch):
-    monkeypatch.setenv(FID_WEIGHTS_ENV, str(WEIGHTS))
+def test_default_weights_found_through_environment():
+    """conftest points $DDPMKIT_FID_WEIGHTS at ../shared for the session; product code knows no such path."""
+    assert os.environ[FID_WEIGHTS_ENV] == str(WEIGHTS)
     assert resolve_weights(None) == WEIGHTS
+
+
+def test_weights_found_in_the_user_cache(tmp_path, monkeypatch):
+    monkeypatch.delenv(FID_WEIGHTS_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    with pytest.raises(DdpmkitError) as e:
+        resolve_weights(None)
+    assert str(tmp_path / "ddpmkit" / WEIGHTS_NAME) in str(e.value) and "\n" not in str(e.value)
+    (tmp_path / "ddpmkit").mkdir()
+    # pytorch-fid's own download, under its own name, is taken too
+    (tmp_path / "ddpmkit" / Path(PYTORCH_FID_URL).name).symlink_to(WEIGHTS)
+    assert resolve_weights(None) == tmp_path / "ddpmkit" / Path(PYTORCH_FID_URL).name
+    (tmp_path / "ddpmkit" / WEIGHTS_NAME).symlink_to(WEIGHTS)
+    assert resolve_weights(None) == tmp_path / "ddpmkit" / WEIGHTS_NAME
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(DdpmkitError, match=str(tmp_path / "home" / ".cache" / "ddpmkit")):
+        resolve_weights(None)
 
 
 def test_wrong_weights_file_is_rejected(tmp_path):
@@ -157,6 +178,22 @@ def test_real_celeba_train_vs_val_is_small_noise_is_large(feats):
     assert abs(self_fid) < 1e-3
     assert 0 < real < 0.4 * fake, (real, fake)
     assert fake > 200  # noise is nothing like a face
+
+
+def test_network_is_pytorch_fids_inception_v3(monkeypatch):
+    """Our module, built without patching anything, gives pytorch-fid InceptionV3's pool3 features."""
+    import pytorch_fid.inception as pfi
+
+    from ddpmkit.fid.inception import load_inception
+
+    _offline_pytorch_fid(monkeypatch)  # test code may patch pytorch-fid to build its network offline
+    theirs_net = pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
+    x = torch.rand(2, 3, 37, 50, generator=torch.Generator().manual_seed(0))  # not 299, not square: resized
+    with torch.no_grad():
+        theirs = theirs_net(x)[0].flatten(1)
+        ours = load_inception(WEIGHTS)(x)
+    assert ours.shape == (2, 2048) and theirs.abs().max() > 0.1
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
 
 
 def test_features_do_not_depend_on_batching(folders, extractor, feats):
@@ -219,12 +256,18 @@ def test_stats_cache_is_reused_and_invalidated(tmp_path):
 # ----------------------------------------------------------------------------- monitor and CLI
 
 
-def test_fid_monitor_against_stats(folders, extractor, feats):
+def test_fid_monitor_against_stats(folders, extractor, feats, tmp_path):
     ref = FidStats.from_features(feats["noise"])
-    monitor = FidMonitor(ref, WEIGHTS, n=N_NOISE, batch_size=40)
-    monitor.extractor = extractor  # the network is shared per process anyway
+    monitor = FidMonitor(ref, extractor, n=N_NOISE)
     fid = monitor(folder_source(folders["noise"]).read(16))
     assert abs(fid) < 1e-3
+    # built from a source: its statistics are computed once and stored under stats_dir
+    source = folder_source(folders["noise"], n=8)
+    built = FidMonitor.for_reference(source, extractor, n=8, stats_dir=tmp_path / "stats")
+    assert built.reference.count == 8 and len(list((tmp_path / "stats").glob("*.npz"))) == 1
+    np.testing.assert_allclose(built.reference.mu, feats["noise"][:8].mean(axis=0), rtol=1e-6, atol=1e-6)
+    assert built(folder_source(folders["noise"], n=8).read(8)) == pytest.approx(0, abs=1e-3)
+    assert built(folder_source(folders["train"], n=8).read(8)) > 50
 
 
 def _cli():
@@ -328,3 +371,46 @@ def test_prepared_cache_source_filters_the_split(tmp_path):
     assert cache_source(path, "val").identity != val.identity
     with pytest.raises(DdpmkitError, match="only 2"):
         cache_source(path, "val", n=3)
+
+
+def _png_folder(folder: Path, seed: int) -> Path:
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_reference_is_the_cache_of_the_training_data_not_another_of_equal_pixels(tmp_path):
+    """Three caches of equal size, crop and split (two PNG folders, a few CelebA JPEGs): the FID
+    reference of each dataset is its own cache, never another dataset's (a model trained on a
+    folder used to be compared with a CelebA cache of the same size and crop)."""
+    from ddpmkit.data.prepare import prepare_dataset
+    from ddpmkit.fid import default_reference, find_prepared_cache
+    from ddpmkit.settings import DataConfig
+
+    celeba = tmp_path / "celeba"
+    (celeba / "img_align_celeba").mkdir(parents=True)
+    for name in _celeba_names(0, 8):
+        (celeba / "img_align_celeba" / name).symlink_to(CELEBA / "img_align_celeba" / name)
+    (celeba / "list_eval_partition.txt").symlink_to(CELEBA / "list_eval_partition.txt")
+    common = {"cache_dir": tmp_path / "cache", "size": 16, "crop": "ddim", "split": "all", "workers": 1}
+    cfgs = {
+        "celeba": DataConfig(dataset="celeba", root=celeba, **common),
+        "folder": DataConfig(dataset="folder", root=_png_folder(tmp_path / "pngs", 1), **common),
+        "other": DataConfig(dataset="folder", root=_png_folder(tmp_path / "more_pngs", 2), **common),
+    }
+    made = {k: prepare_dataset(cfg, show_progress=False).path for k, cfg in cfgs.items()}
+    assert len(set(made.values())) == 3
+    for kind, cfg in cfgs.items():
+        assert find_prepared_cache(cfg, "all") == made[kind], kind
+        ref = default_reference(cfg, "train")  # a folder has no split: all of it, as in training
+        assert ref.origin == str(made[kind]) and ref.count == 8, kind
+    # a cache that does not say which data it holds (made before prepare recorded it) could be any
+    index = json.loads((made["folder"] / "index.json").read_text())
+    del index["data"]
+    (made["folder"] / "index.json").write_text(json.dumps(index))
+    with pytest.raises(DdpmkitError, match="ddpmkit prepare") as e:
+        find_prepared_cache(cfgs["folder"], "all")
+    assert str(Path(cfgs["folder"].root).resolve()) in str(e.value) and "\n" not in str(e.value)
+    assert find_prepared_cache(cfgs["celeba"], "train") == made["celeba"]

@@ -159,8 +159,8 @@ class FidConfig(_Section):
 
     weights: Optional[Path] = Field(
         None,
-        description=f"FID Inception weights file; None = ${FID_WEIGHTS_ENV}, else ../shared/fid/, "
-        "else ~/.cache/ddpmkit/ (pt_inception-2015-12-05-fid-nofc.pth)",
+        description=f"FID Inception weights file; None = ${FID_WEIGHTS_ENV}, else the user cache "
+        "~/.cache/ddpmkit/ (pt_inception-2015-12-05-fid-nofc.pth)",
     )
     verify_weights: bool = Field(True, description="check the weights file's sha256 against the known ones")
     n: int = Field(10_000, ge=2, description="generated images per FID")

@@ -1,8 +1,10 @@
 """`prepare`: decode, crop and resize a dataset once into a memory-mappable uint8 cache.
 
-Flow: detect the layout -> list images -> pick the split -> cache key from (size, crop, split)
-and the source fingerprint -> reuse a complete cache with that key, or build one in a temporary
-folder with a process pool over chunks of images and rename it into place.
+Flow: detect the layout -> list images -> pick the split -> cache key from (size, crop, split),
+the data identity (dataset kind, resolved root) and the source fingerprint -> reuse a complete
+cache with that key, or build one in a temporary folder with a process pool over chunks of images
+and rename it into place. index.json records the identity under "data", so FID can pick the cache
+made from the training data (fid/sources.py).
 
 Torch is never imported here: the workers need only PIL and numpy.
 """
@@ -145,6 +147,29 @@ def resolve_workers(workers: int) -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def find_layout(cfg: "DataConfig") -> Layout:
+    """The layout under `cfg.root`: a plain folder for dataset "folder", else auto-detected."""
+    return detect_layout(cfg.root, "folder" if cfg.dataset == "folder" else "celeba")
+
+
+def data_identity(layout: Layout) -> dict[str, str]:
+    """Which data a cache holds, beyond its pixel settings: the dataset kind found ("folder" for a
+    plain image folder, else "celeba") and the resolved root. Written to index.json as "data"."""
+    return {"dataset": "folder" if layout.kind == "folder" else "celeba", "root": str(layout.root.resolve())}
+
+
+def expected_identity(cfg: "DataConfig") -> dict[str, str]:
+    """The `data_identity` of the cache `prepare_dataset(cfg)` makes or reuses.
+
+    Without the raw data (moved away after prepare) the kind is the one `cfg.dataset` names.
+    """
+    try:
+        return data_identity(find_layout(cfg))
+    except DdpmkitError:
+        kind = "folder" if cfg.dataset == "folder" else "celeba"
+        return {"dataset": kind, "root": str(Path(cfg.root).expanduser().resolve())}
+
+
 def _select(layout: Layout, names: list[str], split: str) -> tuple[list[str], list[int], str, list[str]]:
     """Filter by split. Returns (names, split codes, effective split, notes)."""
     notes: list[str] = []
@@ -186,16 +211,17 @@ def prepare_dataset(
     """
     console = console or Console(stderr=True, highlight=False)
     t0 = time.perf_counter()
-    layout = detect_layout(cfg.root, "folder" if cfg.dataset == "folder" else "celeba")
+    layout = find_layout(cfg)
     console.print(f"found {layout.describe()}")
     all_names = list_images(layout)
     names, codes, split, notes = _select(layout, all_names, cfg.split)
     if not names:
         raise DdpmkitError(f"no images of split '{split}' in {layout.images}")
     settings = {"size": cfg.size, "crop": cfg.crop, "split": split}
-    key = C.cache_key(settings, source_fingerprint(layout, names))
-    dataset = "folder" if layout.kind == "folder" else "celeba"
-    final = Path(cfg.cache_dir) / C.cache_name(dataset, layout.kind, settings, key)
+    data = data_identity(layout)
+    # the identity is in the key, so a cache made before it was recorded is rebuilt, not reused
+    key = C.cache_key({**settings, "data": data}, source_fingerprint(layout, names))
+    final = Path(cfg.cache_dir) / C.cache_name(data["dataset"], layout.kind, settings, key)
     if not force and C.is_complete(final, key):
         return PrepareResult(final, layout, True, C.read_index(final), notes, time.perf_counter() - t0)
     attrs = read_attributes(layout.attributes) if layout.attributes else None
@@ -204,6 +230,7 @@ def prepare_dataset(
         tmp.mkdir()
         index = _build(tmp, layout, names, codes, attrs, settings, key, workers, console, show_progress)
         index["notes"] = notes
+        index["data"] = data
         write_text_atomic(tmp / C.INDEX, json.dumps(index))
         (tmp / C.MARKER).write_text(key + "\n")  # last: its presence means "complete"
     return PrepareResult(final, layout, False, index, notes, time.perf_counter() - t0)

@@ -1,15 +1,16 @@
 """FID (Heusel et al. 2017) with pytorch-fid's Inception-v3 pool3 features, offline.
 
-    ex = FidExtractor(weights=None, device="cpu")          # fid.weights / $DDPMKIT_FID_WEIGHTS
+    ex = FidExtractor(weights=None, device="cpu")          # fid.weights / $DDPMKIT_FID_WEIGHTS / user cache
     a = ex.stats(uint8_batches)                            # FidStats(mu, sigma, count)
     b, path, reused = ex.source_stats(folder_source(dir), cache_dir)
     frechet_distance(a, b)
+
+Generated images (B, 3, H, W) in [-1, 1] become uint8 with `ddpmkit.images.to_uint8`.
 """
 
 from __future__ import annotations
 
 from ddpmkit.fid.extractor import FidExtractor
-from ddpmkit.fid.inception import default_weights_path, from_model_range, resolve_weights
 from ddpmkit.fid.monitor import FidMonitor
 from ddpmkit.fid.sources import (
     ImageSource,
@@ -22,11 +23,10 @@ from ddpmkit.fid.sources import (
     synthetic_source,
 )
 from ddpmkit.fid.stats import FidStats, cached_stats, frechet_distance
-
-to_uint8 = from_model_range  # (B, 3, H, W) in [-1, 1] -> uint8, as saved to PNG
+from ddpmkit.fid.weights import resolve_weights, user_cache_dir
 
 __all__ = [
     "FidExtractor", "FidMonitor", "FidStats", "ImageSource", "cache_source", "cached_stats", "default_reference",
-    "default_weights_path", "find_prepared_cache", "folder_source", "frechet_distance",
-    "from_model_range", "is_image_folder", "is_prepared_cache", "resolve_weights", "synthetic_source", "to_uint8",
+    "find_prepared_cache", "folder_source", "frechet_distance", "is_image_folder", "is_prepared_cache",
+    "resolve_weights", "synthetic_source", "user_cache_dir",
 ]

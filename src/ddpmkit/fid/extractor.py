@@ -9,17 +9,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ddpmkit.fid.inception import (
-    FEATURE_SPEC,
-    check_weights,
-    inception_features,
-    load_inception,
-    rebatch,
-    resolve_weights,
-    weights_sha256,
-)
+from ddpmkit.fid.inception import FEATURE_SPEC, inception_features, load_inception, rebatch
 from ddpmkit.fid.sources import ImageSource
 from ddpmkit.fid.stats import FidStats, cached_stats
+from ddpmkit.fid.weights import check_weights, resolve_weights, weights_sha256
 
 # built networks, per (weights sha256, device): building one takes seconds, and the CLI, the
 # training monitor and the tests may all ask for it in one process
@@ -29,8 +22,8 @@ _MODELS: dict[tuple[str, str], torch.nn.Module] = {}
 class FidExtractor:
     """Pool3 features and their statistics for uint8 images.
 
-    weights: the Inception file (None = the default search, see `inception.default_weights_path`);
-    a missing file raises DdpmkitError at construction, naming fid.weights.
+    weights: the Inception file (fid.weights; None = $DDPMKIT_FID_WEIGHTS, then the user cache,
+    see `weights.resolve_weights`); a missing file raises DdpmkitError at construction.
     """
 
     def __init__(

@@ -1,98 +1,75 @@
-"""The FID Inception-v3 network, built offline from a local weights file.
+"""The FID Inception-v3 network (pool3, 2048 features), built offline from a local weights file.
 
-We use pytorch-fid's `InceptionV3` (the TF inception-2015-12-05 graph that every published FID
-uses): it is maintained, small, the PyTorch port most papers report with, and its own
-`calculate_fid_given_paths` is the reference our numbers are checked against. It normally downloads its weights; here they come from a file
-(`fid.weights`, or $DDPMKIT_FID_WEIGHTS, or ../shared/fid/, or ~/.cache/ddpmkit/).
+It is the network pytorch-fid builds (the TF inception-2015-12-05 graph that every published FID
+uses): torchvision's Inception-v3 with 1008 classes, its mixed blocks swapped for pytorch-fid's
+FIDInceptionA/C/E_1/E_2 (TF's average pooling that ignores padding, and the max pool in the last
+block), the state dict read from our file with `weights_only=True`. The forward pass is
+pytorch-fid InceptionV3's for its last block: bilinear resize to 299x299, [0, 1] -> [-1, 1], the
+blocks up to the global average pool. tests/test_fid.py checks features and FID against pytorch-fid.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
-from unittest import mock
 
 import numpy as np
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from pytorch_fid.inception import FIDInceptionA, FIDInceptionC, FIDInceptionE_1, FIDInceptionE_2
+from torch import Tensor, nn
+from torchvision.models import inception_v3
 
 from ddpmkit.errors import DdpmkitError
-from ddpmkit.settings import FID_WEIGHTS_ENV
 
-WEIGHTS_NAME = "pt_inception-2015-12-05-fid-nofc.pth"
 DIMS = 2048  # pool3 features
-# the fc-less export in ../shared/fid, and (by its torch.hub hash prefix) pytorch-fid's own download
-KNOWN_SHA256 = ("c88ec2623a2e40f17a7d1fb9bf78257776b25f267b295deceb7d43d274478ebc",)
-KNOWN_SHA256_PREFIXES = ("6726825d",)
-# what the features are: part of every stats cache key
+INPUT_SIZE = 299
+# what the features are: part of every stats cache key (unchanged since the features are the same)
 FEATURE_SPEC = "pytorch-fid InceptionV3 pool3 2048; uint8/255 -> bilinear 299 -> [-1,1]"
 
-_sha_cache: dict[tuple[str, int, int], str] = {}
+
+class FidInception(nn.Module):
+    """Pool3 features of images x: (B, 3, H, W) in [0, 1] -> (B, 2048)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        net = inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=False)
+        net.Mixed_5b = FIDInceptionA(192, pool_features=32)
+        net.Mixed_5c = FIDInceptionA(256, pool_features=64)
+        net.Mixed_5d = FIDInceptionA(288, pool_features=64)
+        net.Mixed_6b = FIDInceptionC(768, channels_7x7=128)
+        net.Mixed_6c = FIDInceptionC(768, channels_7x7=160)
+        net.Mixed_6d = FIDInceptionC(768, channels_7x7=160)
+        net.Mixed_6e = FIDInceptionC(768, channels_7x7=192)
+        net.Mixed_7b = FIDInceptionE_1(1280)
+        net.Mixed_7c = FIDInceptionE_2(2048)
+        self.net = net  # holds the parameters under the names of the weights file (plus "net.")
+
+    def load_weights(self, state: dict[str, Tensor]) -> None:
+        """The file's state dict (torchvision Inception-v3 names, fc included), strictly."""
+        self.net.load_state_dict(state)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = self.net
+        x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
+        x = 2 * x - 1
+        x = n.maxpool1(n.Conv2d_2b_3x3(n.Conv2d_2a_3x3(n.Conv2d_1a_3x3(x))))
+        x = n.maxpool2(n.Conv2d_4a_3x3(n.Conv2d_3b_1x1(x)))
+        for block in (n.Mixed_5b, n.Mixed_5c, n.Mixed_5d, n.Mixed_6a, n.Mixed_6b, n.Mixed_6c, n.Mixed_6d,
+                      n.Mixed_6e, n.Mixed_7a, n.Mixed_7b, n.Mixed_7c):
+            x = block(x)
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
 
-def default_weights_path() -> Path:
-    """$DDPMKIT_FID_WEIGHTS, else ../shared/fid/<name> if it exists, else ~/.cache/ddpmkit/<name>."""
-    env = os.environ.get(FID_WEIGHTS_ENV)
-    if env:
-        return Path(env).expanduser()
-    shared = Path("..") / "shared" / "fid" / WEIGHTS_NAME
-    if shared.is_file():
-        return shared
-    return Path.home() / ".cache" / "ddpmkit" / WEIGHTS_NAME
-
-
-def resolve_weights(weights: Optional[Path]) -> Path:
-    """The weights file to use; a missing one is a one-line error naming the setting."""
-    path = Path(weights).expanduser() if weights is not None else default_weights_path()
-    if not path.is_file():
-        raise DdpmkitError(
-            f"FID Inception weights not found at {path}: set fid.weights (--set fid.weights=PATH) "
-            f"or ${FID_WEIGHTS_ENV} to the file {WEIGHTS_NAME}"
-        )
-    return path
-
-
-def weights_sha256(path: Path) -> str:
-    """sha256 of the weights file, memoised per (path, size, mtime): it keys the stats cache."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _sha_cache:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _sha_cache[key] = h.hexdigest()
-    return _sha_cache[key]
-
-
-def check_weights(path: Path) -> str:
-    """Return the sha256, or raise if it is none of the known FID Inception exports."""
-    sha = weights_sha256(path)
-    if sha not in KNOWN_SHA256 and not sha.startswith(KNOWN_SHA256_PREFIXES):
-        raise DdpmkitError(
-            f"{path} is not a known FID Inception weights file (sha256 {sha[:12]}…); "
-            "use the right file or set fid.verify_weights=false"
-        )
-    return sha
-
-
-def load_inception(weights: Path, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """pytorch-fid's InceptionV3 (pool3 block) with the weights from `weights`, eval mode.
-
-    pytorch-fid fetches its state dict through `load_state_dict_from_url`; we hand it ours
-    instead (loaded with weights_only=True), so nothing touches the network.
-    """
-    import pytorch_fid.inception as pfi
-
+def load_inception(weights: Path, device: torch.device | str = "cpu") -> FidInception:
+    """The FID network with the weights from `weights`, in eval mode, without gradients."""
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
+        model = FidInception()
+        model.load_weights(state)
     except Exception as e:  # a truncated or foreign file: say which
         raise DdpmkitError(f"cannot read FID Inception weights {weights}: {e}".splitlines()[0]) from e
-    with mock.patch.object(pfi, "load_state_dict_from_url", lambda *a, **k: state):
-        model = pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[DIMS]])
-    return model.to(device).eval()
+    return model.requires_grad_(False).to(device).eval()
 
 
 def to_unit_float(images: Tensor) -> Tensor:
@@ -102,30 +79,17 @@ def to_unit_float(images: Tensor) -> Tensor:
     return images.float().div(255)
 
 
-def from_model_range(x: Tensor) -> Tensor:
-    """Generated images (B, 3, H, W) in [-1, 1] -> uint8, rounded as when saved to PNG."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
 @torch.no_grad()
 def inception_features(
-    model: torch.nn.Module,
+    model: nn.Module,
     batches: Iterable[Tensor],
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
-    """Pool3 features of uint8 image batches (B, 3, H, W): (N, 2048) float64.
-
-    The network resizes to 299x299 (bilinear) and maps [0, 1] to [-1, 1] itself, as in pytorch-fid.
-    """
-    feats = [_features(model, b, device) for b in batches]
+    """Pool3 features of uint8 image batches (B, 3, H, W): (N, 2048) float64."""
+    feats = [model(to_unit_float(b).to(device)).cpu().numpy() for b in batches]
     if not feats:
         return np.empty((0, DIMS))
     return np.concatenate(feats).astype(np.float64)
-
-
-def _features(model: torch.nn.Module, images: Tensor, device: torch.device | str) -> np.ndarray:
-    out = model(to_unit_float(images).to(device))[0]  # (B, 2048, 1, 1)
-    return out.reshape(out.shape[0], -1).cpu().numpy()
 
 
 def rebatch(batches: Iterable[Tensor], batch_size: int, limit: Optional[int] = None) -> Iterator[Tensor]:

@@ -4,6 +4,9 @@ faces, or a stats .npz.
 Each image source yields uint8 batches (B, 3, H, W) and carries an `identity`, the facts that
 decide its statistics (used as the stats cache key): for a folder, its file names, sizes and
 mtimes; for a prepared cache, its cache key (the COMPLETE marker), the split and the count.
+
+A model is compared with the prepared cache of the data it was trained on: the same dataset kind
+and root (index.json "data", written by `prepare`), size, crop and split.
 """
 
 from __future__ import annotations
@@ -11,18 +14,24 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
+from ddpmkit.data.cache import MARKER, find_caches, is_complete, open_images, read_index
+from ddpmkit.data.celeba import SPLIT_CODES
+from ddpmkit.data.prepare import expected_identity
+from ddpmkit.data.synthetic import make_faces
 from ddpmkit.errors import DdpmkitError
+
+if TYPE_CHECKING:
+    from ddpmkit.settings import DataConfig
 
 # pytorch-fid's IMAGE_EXTENSIONS, so a folder means the same images to both
 IMAGE_EXTENSIONS = frozenset({"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"})
-SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
 
 @dataclass
@@ -82,15 +91,11 @@ def folder_source(folder: Path, n: Optional[int] = None) -> ImageSource:
 
 
 def is_prepared_cache(path: Path) -> bool:
-    from ddpmkit.data.cache import is_complete
-
     return Path(path).is_dir() and is_complete(Path(path))
 
 
 def cache_source(path: Path, split: str = "all", n: Optional[int] = None) -> ImageSource:
     """Images of one split ('all' = every image) of a prepared cache (`ddpmkit prepare`)."""
-    from ddpmkit.data.cache import MARKER, open_images, read_index
-
     path = Path(path)
     images = open_images(path)  # (N, 3, S, S) uint8, memory-mapped
     index = read_index(path)
@@ -126,8 +131,6 @@ def cache_source(path: Path, split: str = "all", n: Optional[int] = None) -> Ima
 
 def synthetic_source(n: int, size: int, seed: int = 0) -> ImageSource:
     """`n` of the generated demo faces (`data.dataset: synthetic`), the demo model's training data."""
-    from ddpmkit.data.synthetic import make_faces
-
     identity = {"kind": "synthetic", "size": int(size), "seed": int(seed), "n": int(n)}
 
     def read(batch_size: int) -> Iterator[Tensor]:
@@ -136,28 +139,34 @@ def synthetic_source(n: int, size: int, seed: int = 0) -> ImageSource:
     return ImageSource(f"synthetic-{size}px-seed{seed}", identity, n, read)
 
 
-def default_reference(data_cfg, split: str, n: Optional[int] = None) -> ImageSource:  # data_cfg: settings.DataConfig
-    """What a model trained on `data_cfg` is compared with: its prepared split, or, for the
-    generated demo faces, `n` (default 2,048) of them."""
-    if data_cfg.dataset == "synthetic":
-        return synthetic_source(n or 2048, data_cfg.size, int(data_cfg.synthetic_seed))
-    return cache_source(find_prepared_cache(data_cfg, split), split, n)
+def default_reference(data: "DataConfig", split: str, n: Optional[int] = None) -> ImageSource:
+    """What a model trained on `data` is compared with: the first `n` (all if None) images of its
+    prepared split (all of a plain folder, which has none), or, for the generated demo faces,
+    `n` (default 2,048) of them. Uses data.dataset, root, cache_dir, size, crop, synthetic_seed."""
+    if data.dataset == "synthetic":
+        return synthetic_source(n or 2048, data.size, int(data.synthetic_seed))
+    path = find_prepared_cache(data, split)
+    if read_index(path)["data"]["dataset"] == "folder":
+        split = "all"  # as for training: `prepare` ignores the split of a plain folder
+    return cache_source(path, split, n)
 
 
-def find_prepared_cache(data_cfg, split: str) -> Path:  # data_cfg: settings.DataConfig
-    """The prepared cache under data.cache_dir with these pixels (dataset, size, crop) and split.
+def find_prepared_cache(data: "DataConfig", split: str) -> Path:
+    """The prepared cache under data.cache_dir made from this data (dataset kind and resolved
+    root, see `data.prepare.data_identity`) with these pixels (size, crop) and split.
 
-    A cache prepared for split 'all' serves every split.
+    A cache prepared for split 'all' serves every split. A cache that does not record its data
+    (made before it was recorded) matches nothing: it could hold any dataset.
     """
-    from ddpmkit.data.cache import find_caches, read_index
-
-    for path in find_caches(Path(data_cfg.cache_dir)):
-        s = read_index(path).get("settings", {})
-        if s.get("dataset", data_cfg.dataset) != data_cfg.dataset:
+    want = expected_identity(data)
+    for path in find_caches(Path(data.cache_dir)):
+        index = read_index(path)
+        made_from, s = index.get("data") or {}, index.get("settings", {})
+        if any(made_from.get(k) != v for k, v in want.items()):
             continue
-        if s.get("size") == data_cfg.size and s.get("crop") == data_cfg.crop and s.get("split") in (split, "all"):
+        if s.get("size") == data.size and s.get("crop") == data.crop and s.get("split") in (split, "all"):
             return path
     raise DdpmkitError(
-        f"no prepared {data_cfg.dataset} cache (size {data_cfg.size}, crop {data_cfg.crop}, split {split}) "
-        f"under data.cache_dir={data_cfg.cache_dir}: run `ddpmkit prepare` or give REFERENCE"
+        f"no prepared {want['dataset']} cache of {want['root']} (size {data.size}, crop {data.crop}, "
+        f"split {split}) under data.cache_dir={data.cache_dir}: run `ddpmkit prepare` or give REFERENCE"
     )

@@ -185,9 +185,12 @@ class Trainer:
         self.log_file = JsonlLogger(self.run_dir.log, tc.tensorboard) if d.is_main else None
         self.fid_monitor = None
         if s.fid.every and d.is_main:
-            from ddpmkit.fid.monitor import FidMonitor
+            from ddpmkit.fid import FidExtractor, FidMonitor, default_reference
 
-            self.fid_monitor = FidMonitor.for_settings(s, self.device)
+            f = s.fid
+            extractor = FidExtractor(f.weights, self.device, f.batch_size, f.verify_weights)
+            reference = default_reference(s.data, f.ref_split or s.data.split, f.ref_n)
+            self.fid_monitor = FidMonitor.for_reference(reference, extractor, f.every_n, Path(s.data.cache_dir) / "fid")
         if d.is_main:
             self.log(
                 f"training {self.n_params / 1e6:.2f}M parameters on {self.device}"
