@@ -8,6 +8,7 @@ from ddpmkit.cli.fid_cmd import fid
 from ddpmkit.cli.inspect_cmd import inspect
 from ddpmkit.cli.noise_demo_cmd import noise_demo
 from ddpmkit.cli.prepare_cmd import prepare
+from ddpmkit.cli.report_cmd import report
 from ddpmkit.cli.sample_cmd import sample
 from ddpmkit.cli.train_cmd import train
 
@@ -24,6 +25,7 @@ app.command()(sample)
 app.command("noise-demo")(noise_demo)
 app.command()(inspect)
 app.command()(fid)
+app.command()(report)
 
 
 def main() -> None:
