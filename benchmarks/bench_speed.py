@@ -171,12 +171,10 @@ def bench_settings(preset: str, device: torch.device, batch: int, count: int, ru
 
 
 def make_trainer(settings: Settings):
-    """A Trainer set up as `run()` sets it up (run directory, loader, model, EMA, optimizer, DDP/compile)."""
-    from ddpmkit.train.trainer import Trainer
+    """A Trainer set up as `train()` sets it up (loader, model, EMA, optimizer, DDP/compile)."""
+    from ddpmkit.train import build_trainer
 
-    t = Trainer(settings, log=lambda m: None, progress=False)
-    t._setup()  # the same set-up run() does; the loop below replaces run()'s bookkeeping
-    return t
+    return build_trainer(settings, log=lambda m: None, progress=False)  # the loop below replaces run()
 
 
 def batches_forever(t) -> Iterator[torch.Tensor]:

@@ -2,10 +2,12 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node=2 tests/ddp_worker.py OUT JOB...
 
-Each JOB is a settings YAML path, or `resume:PATH` to continue the run in that file's
-train.run_dir. For each job in turn every rank runs the real Trainer (DDP when WORLD_SIZE > 1),
-then writes its own model and EMA state dicts to OUT/<yaml stem>/rank{r}.safetensors and
-rank{r}_ema.safetensors, and its final step to rank{r}.step. Only rank 0 writes checkpoints,
+Each JOB is a settings YAML path, `resume:PATH` to continue the run in that file's
+train.run_dir, or `stop:STEP:PATH` for a new run in which rank 1 alone asks to stop after step
+STEP. For each job in turn every rank runs the real Trainer (DDP when WORLD_SIZE > 1), then
+writes its own model and EMA state dicts to OUT/<yaml stem>/rank{r}.safetensors and
+rank{r}_ema.safetensors, its final step to rank{r}.step and whether it reports the run as
+interrupted to rank{r}.interrupted. Only rank 0 writes checkpoints,
 so this is the one way to see what rank 1 holds. Several jobs share one launch because starting
 processes costs more than training the tiny model.
 """
@@ -20,7 +22,7 @@ from safetensors.torch import save_file
 
 from ddpmkit.device import dist_from_env
 from ddpmkit.settings import build_settings
-from ddpmkit.train.trainer import Trainer
+from ddpmkit.train import build_trainer
 
 
 def _contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -28,23 +30,28 @@ def _contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def run_job(job: str, out_root: Path) -> None:
-    resume = job.startswith("resume:")
-    config = Path(job.removeprefix("resume:"))
+    kind, _, rest = job.rpartition(":") if job.startswith(("resume:", "stop:")) else ("", "", job)
+    config = Path(rest)
     dist = dist_from_env()
-    trainer = Trainer(build_settings(config=config), resume=resume, log=lambda m: None, progress=False, dist=dist)
+    trainer = build_trainer(build_settings(config=config), log=lambda m: None, progress=False, dist=dist)
+    if kind.startswith("stop:") and dist.rank == 1:
+        stop_at = int(kind.split(":")[1])
+        trainer.on_step.append(lambda tr: tr.request_stop() if tr.step == stop_at else None)
+    trainer.open(resume=kind == "resume")
     result = trainer.run()
     out = out_root / config.stem
     out.mkdir(parents=True, exist_ok=True)
-    save_file(_contiguous(trainer.model.state_dict()), str(out / f"rank{dist.rank}.safetensors"))
-    save_file(_contiguous(trainer.ema.model.state_dict()), str(out / f"rank{dist.rank}_ema.safetensors"))
+    save_file(_contiguous(trainer.state.model.state_dict()), str(out / f"rank{dist.rank}.safetensors"))
+    save_file(_contiguous(trainer.state.ema.model.state_dict()), str(out / f"rank{dist.rank}_ema.safetensors"))
     (out / f"rank{dist.rank}.step").write_text(f"{result.step}\n")
+    (out / f"rank{dist.rank}.interrupted").write_text(f"{result.interrupted}\n")
 
 
 def main(argv: list[str]) -> int:
     out_root, jobs = Path(argv[0]), argv[1:]
     for job in jobs:
         run_job(job, out_root)
-    if torch.distributed.is_initialized():  # the Trainer set it up and leaves it for the next job
+    if torch.distributed.is_initialized():  # build_trainer joined it and leaves it for the next job
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return 0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -159,3 +162,33 @@ def test_checkpoint_from_another_architecture(trained, tmp_path):
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not a safetensors file")
     one_line_error(invoke("sample", junk, "--n", "1"), "junk.safetensors")
+
+
+def test_inspect_a_prepared_cache_never_writes_into_it(tmp_path, monkeypatch):
+    from ddpmkit.data.synthetic import make_faces
+
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    for i, img in enumerate(make_faces(4, 24, seed=1)):
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(faces / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    r = invoke("prepare", "--root", faces, "--size", "16", "--crop", "full", "--cache-dir", "cache",
+               "--workers", "1", "--set", "data.dataset=folder")
+    assert r.exit_code == 0, r.output
+    (cache,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+    before = sorted(p.name for p in cache.iterdir())
+    r = invoke("inspect", cache)
+    assert r.exit_code == 0, r.output
+    assert "per split" in r.output and "size on disk" in r.output
+    assert sorted(p.name for p in cache.iterdir()) == before  # no preview.png in the data
+    assert (tmp_path / "outputs" / "previews" / f"{cache.name}.png").is_file()
+    r = invoke("inspect", cache, "--preview", tmp_path / "p.png")
+    assert r.exit_code == 0 and Image.open(tmp_path / "p.png").size == (4 * 18 + 2, 18 + 2)
+
+
+def test_help_does_not_import_torch():
+    """`ddpmkit --help` answers fast: the CLI modules load torch only when a command runs."""
+    code = "import sys; from ddpmkit.cli.app import app; assert 'torch' not in sys.modules, 'torch imported'"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from ddpmkit.data import loader as L
-from ddpmkit.data.loader import ImageBatches, load_training_images
+from ddpmkit.data.loader import ImageBatches
 from ddpmkit.settings import DataConfig
+from ddpmkit.train.data import load_training_images
 
 CPU = torch.device("cpu")
 

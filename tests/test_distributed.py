@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from ddpmkit.checkpoint import STATE_FILE, latest_checkpoint
-from ddpmkit.train.trainer import Trainer
+from ddpmkit.train import TrainResult, train
 
 from conftest import tiny
 
@@ -35,8 +35,8 @@ STEPS = 4
 pytestmark = pytest.mark.slow  # each torchrun launch costs a few seconds of process start-up
 
 
-def _quiet(settings, **kw) -> Trainer:
-    return Trainer(settings, log=lambda m: None, progress=False, **kw)
+def _quiet(settings, **kw) -> TrainResult:
+    return train(settings, log=lambda m: None, progress=False, **kw)
 
 
 def _write_config(path: Path, run_dir: Path, max_steps: int) -> Path:
@@ -81,7 +81,7 @@ def _logged_steps(run_dir: Path) -> list[int]:
 def reference(tmp_path_factory) -> dict:
     """One process, global batch 16, 4 steps: the trajectory every other run must follow."""
     root = tmp_path_factory.mktemp("single")
-    result = _quiet(tiny(root / "run", train={"max_steps": STEPS})).run()
+    result = _quiet(tiny(root / "run", train={"max_steps": STEPS}))
     model, ema, state = _checkpoint(root / "run")
     assert state["step"] == STEPS
     init = _initial_weights()
@@ -98,16 +98,19 @@ def _initial_weights() -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def worker_runs(tmp_path_factory) -> Path:
-    """One torchrun launch of tests/ddp_worker.py with 2 processes and two jobs:
+    """One torchrun launch of tests/ddp_worker.py with 2 processes and three jobs:
 
     fresh:    a new 4-step run;
-    scale_up: resume to step 4 a run that 1 process trained for 2 steps.
+    scale_up: resume to step 4 a run that 1 process trained for 2 steps;
+    stop:     a new 4-step run in which rank 1 alone asks to stop after step 2.
     """
     root = tmp_path_factory.mktemp("ddp")
     fresh = _write_config(root / "fresh.yaml", root / "fresh", STEPS)
-    _quiet(tiny(root / "scale_up", train={"max_steps": 2})).run()
+    _quiet(tiny(root / "scale_up", train={"max_steps": 2}))
     scale_up = _write_config(root / "scale_up.yaml", root / "scale_up", STEPS)
-    _torchrun([str(WORKER), str(root / "ranks"), str(fresh), f"resume:{scale_up}"], cwd=root)
+    stop = _write_config(root / "stop.yaml", root / "stop", STEPS)
+    jobs = [str(fresh), f"resume:{scale_up}", f"stop:2:{stop}"]
+    _torchrun([str(WORKER), str(root / "ranks"), *jobs], cwd=root)
     return root
 
 
@@ -155,6 +158,19 @@ def test_one_process_resumes_on_two(reference, worker_runs):
     assert _logged_steps(run_dir) == list(range(1, STEPS + 1))
 
 
+def test_a_stop_asked_on_one_rank_stops_every_rank_at_the_same_step(worker_runs):
+    """Stop requests are agreed every step: rank 1's request after step 2 reaches both ranks, which
+    stop together one step later (the vote is read a step late so the GPU never waits for it)."""
+    out = worker_runs / "ranks" / "stop"
+    steps = [(out / f"rank{r}.step").read_text().strip() for r in (0, 1)]
+    assert steps == ["3", "3"]
+    assert [(out / f"rank{r}.interrupted").read_text().strip() for r in (0, 1)] == ["True", "True"]
+    models = [load_file(out / f"rank{r}.safetensors") for r in (0, 1)]
+    assert _max_diff(models[0], models[1]) == 0.0
+    _, _, state = _checkpoint(worker_runs / "stop")
+    assert state["step"] == 3
+
+
 def test_torchrun_cli_on_two_processes_resumes_on_one(reference, tmp_path):
     """The real entry point: `torchrun -m ddpmkit train` for 2 steps, then 1 process to step 4."""
     run_dir = tmp_path / "run"
@@ -165,7 +181,7 @@ def test_torchrun_cli_on_two_processes_resumes_on_one(reference, tmp_path):
     _, _, state = _checkpoint(run_dir)
     assert state["step"] == 2 and state["world_size"] == 2
 
-    result = _quiet(tiny(run_dir, train={"max_steps": STEPS}), resume=True).run()
+    result = _quiet(tiny(run_dir, train={"max_steps": STEPS}), resume=True)
     assert result.step == STEPS
     model, ema, state = _checkpoint(run_dir)
     assert state["step"] == STEPS and state["world_size"] == 1

@@ -317,9 +317,9 @@ def test_cli_folder_against_cached_reference(folders, feats, tmp_path):
 def test_cli_checkpoint_of_the_demo_data_against_generated_faces(tmp_path):
     """`ddpmkit fid RUN` after the demo: with no REFERENCE, the generated faces it learned."""
     from conftest import tiny
-    from ddpmkit.train.trainer import Trainer
+    from ddpmkit.train import train
 
-    Trainer(tiny(tmp_path / "run", train={"max_steps": 1}), log=lambda m: None, progress=False).run()
+    train(tiny(tmp_path / "run", train={"max_steps": 1}), log=lambda m: None, progress=False)
     out = tmp_path / "fid.json"
     args = [
         str(tmp_path / "run"), "--n", "6", "--steps", "2", "--sampler", "ddim", "--device", "cpu",

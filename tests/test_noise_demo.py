@@ -10,9 +10,10 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from ddpmkit.cli.noise_demo_cmd import PAD, noise_demo, strip_size
+from ddpmkit.cli.noise_demo_cmd import noise_demo
 from ddpmkit.data.synthetic import make_faces
 from ddpmkit.images import load_image, to_uint8
+from ddpmkit.pictures import PAD, strip_size
 
 CELEBA = Path(__file__).resolve().parents[2] / "shared" / "celeba" / "img_align_celeba"
 

@@ -13,18 +13,18 @@ from ddpmkit.generate import eps_fn, generate
 from ddpmkit.samplers import make_sampler
 from ddpmkit.schedule import NoiseSchedule
 from ddpmkit.checkpoint import STATE_FILE, latest_checkpoint
-from ddpmkit.train.trainer import Trainer, train
+from ddpmkit.train import train
 
 from conftest import tiny
 
 
 def _quiet(settings, **kw):
-    return Trainer(settings, log=lambda m: None, progress=False, **kw)
+    return train(settings, log=lambda m: None, progress=False, **kw)
 
 
 def test_a_tiny_run_lowers_the_loss(tmp_path):
     s = tiny(tmp_path / "run", train={"max_steps": 60, "log_every": 10})
-    result = _quiet(s).run()
+    result = _quiet(s)
     losses = [r["loss"] for r in result.history]
     assert len(losses) == 6
     assert losses[-1] < 0.6 * losses[0], losses
@@ -43,14 +43,12 @@ def _weights(run_dir):
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
     # 64 images / batch 16 = 4 batches per epoch: 10 steps cross two epoch boundaries
     full = tiny(tmp_path / "full", train={"max_steps": 10})
-    _quiet(full).run()
+    _quiet(full)
 
     part = tiny(tmp_path / "part", train={"max_steps": 10})
-    t = _quiet(part)
-    t.on_step.append(lambda tr: tr.request_stop() if tr.step == 5 else None)
-    first = t.run()
+    first = _quiet(part, on_step=[lambda tr: tr.request_stop() if tr.step == 5 else None])
     assert first.interrupted and first.step == 5
-    second = _quiet(part, resume=True).run()
+    second = _quiet(part, resume=True)
     assert second.step == 10 and not second.interrupted
 
     m_full, e_full, _ = _weights(tmp_path / "full")
@@ -65,42 +63,43 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
 
 def test_a_run_directory_is_never_silently_overwritten(tmp_path):
     s = tiny(tmp_path / "run", train={"max_steps": 2})
-    _quiet(s).run()
+    _quiet(s)
     before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
     with pytest.raises(DdpmkitError, match="already holds"):
-        _quiet(s).run()
+        _quiet(s)
     after = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
     assert before == after
 
 
 def test_resume_refuses_another_architecture(tmp_path):
-    _quiet(tiny(tmp_path / "run", train={"max_steps": 2})).run()
+    _quiet(tiny(tmp_path / "run", train={"max_steps": 2}))
     other = tiny(tmp_path / "run", model={"ch": 24}, train={"max_steps": 4})
     with pytest.raises(DdpmkitError, match="model.ch"):
-        _quiet(other, resume=True).run()
+        _quiet(other, resume=True)
 
 
 def test_resume_needs_a_run(tmp_path):
     with pytest.raises(DdpmkitError, match="nothing to resume"):
-        _quiet(tiny(tmp_path / "empty"), resume=True).run()
+        _quiet(tiny(tmp_path / "empty"), resume=True)
 
 
 def test_training_length_is_required(tmp_path):
     s = tiny(tmp_path / "run")
     s.train.max_steps = None
     with pytest.raises(DdpmkitError, match="--epochs"):
-        _quiet(s).run()
+        _quiet(s)
+    assert not (tmp_path / "run").exists()
 
 
 def test_epochs_bound_the_run(tmp_path):
     s = tiny(tmp_path / "run", train={"epochs": 2})
     s.train.max_steps = None
-    assert _quiet(s).run().step == 8  # 64 images, batch 16
+    assert _quiet(s).step == 8  # 64 images, batch 16
 
 
 def test_checkpoints_are_complete_and_pruned(tmp_path):
     s = tiny(tmp_path / "run", train={"max_steps": 8, "ckpt_every": 2, "keep_checkpoints": 2})
-    _quiet(s).run()
+    _quiet(s)
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.is_dir())
     assert ckpts == ["step_00000006", "step_00000008"]
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step_00000008"
@@ -109,7 +108,7 @@ def test_checkpoints_are_complete_and_pruned(tmp_path):
 
 def test_seeded_sampling_is_reproducible(tmp_path):
     s = tiny(tmp_path / "run", train={"max_steps": 3})
-    _quiet(s).run()
+    _quiet(s)
     model, settings, step = load_model(tmp_path / "run", torch.device("cpu"))
     assert step == 3 and settings.model == s.model
     sampler = make_sampler(NoiseSchedule.from_config(settings.diffusion), settings.sample)
@@ -123,8 +122,8 @@ def test_seeded_sampling_is_reproducible(tmp_path):
 
 
 def test_weights_from_another_architecture_are_refused(tmp_path):
-    _quiet(tiny(tmp_path / "a", train={"max_steps": 1})).run()
-    _quiet(tiny(tmp_path / "b", model={"ch": 24}, train={"max_steps": 1})).run()
+    _quiet(tiny(tmp_path / "a", train={"max_steps": 1}))
+    _quiet(tiny(tmp_path / "b", model={"ch": 24}, train={"max_steps": 1}))
     from ddpmkit.nn import UNet
     from ddpmkit.checkpoint import load_weights
 
@@ -136,7 +135,7 @@ def test_weights_from_another_architecture_are_refused(tmp_path):
 
 
 def test_state_file_with_pickled_code_is_refused(tmp_path):
-    _quiet(tiny(tmp_path / "run", train={"max_steps": 1})).run()
+    _quiet(tiny(tmp_path / "run", train={"max_steps": 1}))
     ckpt = latest_checkpoint(tmp_path / "run" / "checkpoints")
 
     class Evil:
@@ -157,7 +156,7 @@ def test_fid_during_training_is_logged_beside_the_loss(tmp_path):
         data={"cache_dir": str(tmp_path / "cache")},
         fid={"every": 2, "every_n": 6, "every_steps": 2, "ref_n": 8, "batch_size": 8},
     )
-    _quiet(s).run()
+    _quiet(s)
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     fids = [r for r in records if "fid" in r]
     assert len(fids) == 1 and fids[0]["step"] == 2 and fids[0]["fid_n"] == 6
@@ -167,10 +166,56 @@ def test_fid_during_training_is_logged_beside_the_loss(tmp_path):
 
 
 def test_learning_rate_warms_up_then_stays_or_decays():
-    from ddpmkit.train.trainer import lr_at
+    from ddpmkit.train.optim import lr_at
 
     assert lr_at(0, 1.0, 10) == pytest.approx(0.1) and lr_at(9, 1.0, 10) == 1.0
     assert lr_at(500, 1.0, 10, 110) == 1.0  # constant: DDPM's schedule
     assert lr_at(10, 1.0, 10, 110, "cosine") == 1.0
     assert lr_at(60, 1.0, 10, 110, "cosine") == pytest.approx(0.5)
     assert lr_at(110, 1.0, 10, 110, "cosine") == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "sections, needle",
+    [
+        ({"model": {"in_channels": 1}}, "model.in_channels"),
+        ({"train": {"batch_size": 80}}, "fewer than one batch of 80"),
+        ({"model": {"attn_resolutions": [4]}}, "model.attn_resolutions"),
+    ],
+)
+def test_a_failed_start_writes_nothing(tmp_path, sections, needle):
+    s = tiny(tmp_path / "run", **sections)
+    with pytest.raises(DdpmkitError, match=needle) as e:
+        _quiet(s)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_non_finite_loss_stops_without_a_checkpoint(tmp_path):
+    good = tiny(tmp_path / "run", train={"max_steps": 2})
+    _quiet(good)
+    # an infinite learning rate wrecks the weights in step 3; step 4's loss is NaN
+    bad = tiny(tmp_path / "run", train={"max_steps": 8, "lr": float("inf"), "ckpt_every": 4})
+    with pytest.raises(DdpmkitError, match="loss is nan at step 4") as e:
+        _quiet(bad, resume=True)
+    assert "step_00000002" in str(e.value) and "\n" not in str(e.value)
+    assert latest_checkpoint(tmp_path / "run" / "checkpoints").name == "step_00000002"
+    assert not (tmp_path / "run" / "checkpoints" / "step_00000004").exists()
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    # the loss of step 1 is still finite; the weights after it are not, and step 1 is a checkpoint step
+    s = tiny(tmp_path / "run", train={"max_steps": 4, "lr": float("inf"), "ckpt_every": 1, "log_every": 10})
+    with pytest.raises(DdpmkitError, match="weights are not finite after step 1"):
+        _quiet(s)
+    assert latest_checkpoint(tmp_path / "run" / "checkpoints") is None
+
+
+def test_every_trainer_attribute_exists_before_the_run(tmp_path):
+    from ddpmkit.train import build_trainer
+
+    t = build_trainer(tiny(tmp_path / "run"), log=lambda m: None, progress=False)
+    before = set(vars(t))
+    t.open(resume=False)
+    t.run()
+    assert set(vars(t)) == before

@@ -161,9 +161,9 @@ def test_multi_head_attention_and_bad_head_channels() -> None:
         assert torch.isfinite(model(x, t)).all()
     with pytest.raises(ValueError, match="head_channels"):
         UNet.from_config(small_cfg(head_channels=12))
-    # the settings refuse it first, with one line naming the key
+    # the settings refuse it before a model is built, with one line naming the key
     with pytest.raises(DdpmkitError, match="head_channels"):
-        build_settings(preset="demo", sets=["model.head_channels=12"])
+        build_settings(preset="demo", sets=["model.head_channels=12"]).check_model()
 
 
 def test_bad_input_shapes_raise() -> None:

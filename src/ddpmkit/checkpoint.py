@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -126,8 +126,6 @@ def resolve_checkpoint(path: Path) -> CheckpointRef:
 
 def read_metadata(weights: Path) -> dict[str, str]:
     try:
-        from safetensors import safe_open
-
         with safe_open(str(weights), framework="pt") as f:
             return dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError) as e:

@@ -1,10 +1,11 @@
-"""Device choice, mixed precision and process-group facts, in one place."""
+"""Device choice, mixed precision and the process group of a multi-process (torchrun) run."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -16,7 +17,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     try:
@@ -29,7 +30,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA ('auto' or 'bf16'); plain fp32 elsewhere (CPU bf16 is slow and lossy)."""
+    """bf16 autocast on CUDA for 'auto' and 'bf16'; on the CPU only for 'bf16' ('auto' stays fp32
+    there: CPU bf16 is slow and lossy); fp32 on every other device and for 'fp32'."""
     if device.type == "cuda" and precision in ("auto", "bf16"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     if precision == "bf16" and device.type == "cpu":
@@ -39,6 +41,11 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 @dataclass(frozen=True)
 class DistInfo:
+    """This process's place in a torchrun job, and the collectives the trainer needs.
+
+    With one process (world_size 1) every collective is a no-op that returns its input.
+    """
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -50,6 +57,78 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
+
+    # ------------------------------------------------------------------ joining and leaving
+
+    def device(self, name: str) -> torch.device:
+        """The device `name` resolves to; under DDP on CUDA, this process's GPU (made current)."""
+        dev = resolve_device(name)
+        if dev.type == "cuda" and self.enabled:
+            dev = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(dev)
+        return dev
+
+    def joined(self) -> bool:
+        """Whether this process is in a process group already."""
+        return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+    def join(self, device: torch.device) -> None:
+        """Join the job's process group (NCCL for CUDA, else gloo) unless one process or joined."""
+        if self.enabled and not self.joined():
+            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    def leave(self) -> None:
+        """Destroy the process group, if there is one."""
+        if self.joined():
+            torch.distributed.destroy_process_group()
+
+    # ------------------------------------------------------------------ collectives
+
+    def barrier(self) -> None:
+        if self.enabled and self.joined():
+            torch.distributed.barrier()
+
+    def all_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """The element-wise mean of `x` over the ranks (a new tensor; `x` is left alone)."""
+        if not self.enabled:
+            return x
+        x = x.clone()
+        torch.distributed.all_reduce(x)
+        return x / self.world_size
+
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank when `flag` is True on at least one."""
+        return self.any_rank_later(flag)()
+
+    def any_rank_later(self, flag: bool) -> Callable[[], bool]:
+        """Start `any_rank(flag)` without waiting for it; the returned function waits and answers.
+
+        On CUDA the answer comes back through pinned memory behind an event, so asking one training
+        step later waits for that step only, not for the work queued since: the GPU never idles.
+        """
+        if not self.enabled:
+            return lambda: flag
+        dev = self._collective_device()
+        votes = torch.full((1,), 1.0 if flag else 0.0, device=dev)  # a kernel, no host sync
+        torch.distributed.all_reduce(votes, op=torch.distributed.ReduceOp.MAX)
+        if dev.type != "cuda":
+            return lambda: bool(votes.item() > 0)
+        host = torch.empty(1, pin_memory=True)
+        host.copy_(votes, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+
+        def answer() -> bool:
+            done.synchronize()
+            return bool(host.item() > 0)
+
+        return answer
+
+    def _collective_device(self) -> torch.device:
+        """NCCL reduces CUDA tensors only; gloo, CPU tensors."""
+        if torch.distributed.get_backend() == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
 
 
 def dist_from_env() -> DistInfo:

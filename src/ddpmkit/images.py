@@ -18,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torchvision.utils import make_grid
 
+from ddpmkit.data.crops import crop_box
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.io_utils import atomic_path
 
@@ -153,11 +154,9 @@ def load_image(path: Path | str, size: int | None = None) -> Tensor:
 
 
 def center_square(img: Image.Image) -> Image.Image:
-    """The largest square centred in img (the extra pixel of an odd excess goes right/bottom)."""
-    w, h = img.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    return img.crop((left, top, left + side, top + side))
+    """The largest square centred in img (the extra pixel of an odd excess goes right/bottom):
+    the `full` crop of `data.crops`, the one definition of it."""
+    return img.crop(crop_box("full", *img.size))
 
 
 def upscale_nearest(img: Image.Image, min_side: int = 256) -> Image.Image:

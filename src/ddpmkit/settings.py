@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ddpmkit.errors import DdpmkitError
 
@@ -49,26 +49,34 @@ class ModelConfig(_Section):
         return self
 
     def check_size(self, size: int) -> None:
-        """Raise ValueError unless the U-Net fits size x size images: the size halves cleanly at
-        every level, every attention resolution is one of the levels' sizes, and head_channels
-        divides the channels of every attention layer."""
-        down = 2 ** (len(self.ch_mult) - 1)
-        if size % down:
-            raise ValueError(f"data.size {size} is not divisible by 2**(len(model.ch_mult)-1) = {down}")
-        levels = [size // 2**i for i in range(len(self.ch_mult))]
-        for r in self.attn_resolutions:
-            if r not in levels:
+        """Raise ValueError unless the U-Net fits size x size images (see `check_unet_shape`)."""
+        check_unet_shape(size, self.ch, self.ch_mult, self.attn_resolutions, self.head_channels)
+
+
+def check_unet_shape(
+    size: int, ch: int, ch_mult: Sequence[int], attn_resolutions: Sequence[int], head_channels: int
+) -> None:
+    """Raise ValueError unless a U-Net of these settings fits size x size images: the size halves
+    cleanly at every level, every attention resolution is one of the levels' sizes, and
+    head_channels divides the channels of every attention layer. The one place this is checked:
+    `Settings.check_model` and the `UNet` constructor both call it."""
+    down = 2 ** (len(ch_mult) - 1)
+    if size % down:
+        raise ValueError(f"data.size {size} is not divisible by 2**(len(model.ch_mult)-1) = {down}")
+    levels = [size // 2**i for i in range(len(ch_mult))]
+    for r in attn_resolutions:
+        if r not in levels:
+            raise ValueError(
+                f"model.attn_resolutions: {r} matches no U-Net level at data.size {size} "
+                f"(levels: {', '.join(map(str, levels))})"
+            )
+    if head_channels:
+        attn_ch = {ch * m for m, r in zip(ch_mult, levels) if r in attn_resolutions}
+        for c in sorted(attn_ch | {ch * ch_mult[-1]}):  # the middle block always has attention
+            if c % head_channels:
                 raise ValueError(
-                    f"model.attn_resolutions: {r} matches no U-Net level at data.size {size} "
-                    f"(levels: {', '.join(map(str, levels))})"
+                    f"model.head_channels {head_channels} does not divide the {c} channels of an attention layer"
                 )
-        if self.head_channels:
-            attn_ch = {self.ch * m for m, r in zip(self.ch_mult, levels) if r in self.attn_resolutions}
-            for c in sorted(attn_ch | {self.ch * self.ch_mult[-1]}):
-                if c % self.head_channels:
-                    raise ValueError(
-                        f"model.head_channels {self.head_channels} does not divide the {c} channels of an attention layer"
-                    )
 
 
 class DiffusionConfig(_Section):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from typing_extensions import Annotated
 
@@ -76,8 +77,7 @@ def resolve_sample_config(
     Lowest first: the checkpoint's own `sample` section, then --config's, then --set sample.*,
     then the command's options (None = not given).
     """
-    from pydantic import ValidationError
-
+    # lazy: the samplers import torch, which `ddpmkit --help` must not load
     from ddpmkit.samplers import default_steps
 
     user = dict(read_yaml(config, "config file").get("sample", {}) if config else {})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.table import Table
@@ -13,6 +13,8 @@ from typing_extensions import Annotated
 from ddpmkit.cli.common import ConfigOpt, PresetOpt, SetOpt, out, resolve_settings, user_errors
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.settings import Settings
+
+PREVIEW_DIR = Path("outputs/previews")  # dataset previews: inspect never writes into a cache
 
 
 def _settings_table(settings: Settings, title: str) -> Table:
@@ -29,6 +31,7 @@ def _settings_table(settings: Settings, title: str) -> Table:
 
 
 def _param_count(settings: Settings) -> int:
+    # lazy (here and below): torch and the model code load for the inspection, not for --help
     import torch
 
     from ddpmkit.nn import UNet, count_parameters
@@ -69,10 +72,49 @@ def _inspect_checkpoint(path: Path) -> None:
         out.print(_settings_table(settings, "settings stored in the checkpoint"))
 
 
+def _human(n: float) -> str:
+    """A byte count for people: 512 B, 3.4 MiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _cache_table(info: dict[str, Any]) -> Table:
+    """`data.cache.describe_cache`'s facts as a table."""
+    table = Table(title=f"cache {Path(info['path']).name}", show_header=True)
+    table.add_column("field")
+    table.add_column("value", overflow="fold")
+    table.add_row("images", f"{info['images']}  shape {tuple(info['shape'] or ())} uint8")
+    table.add_row("per split", ", ".join(f"{k} {v}" for k, v in info["per_split"].items() if v))
+    for k, v in info["settings"].items():
+        table.add_row(k, str(v))
+    table.add_row("layout", f"{info['layout']} at {info['root']}")
+    table.add_row("skipped files", str(info["skipped"]))
+    if info["has_attributes"]:
+        table.add_row("attributes missing", str(info["attributes_missing"]))
+    table.add_row("size on disk", _human(info["bytes"]))
+    table.add_row("created", str(info["created"]))
+    return table
+
+
+def _inspect_cache(path: Path, preview: Optional[Path]) -> None:
+    """A prepared dataset: its table, and a preview grid written outside the cache (never into it)."""
+    from ddpmkit.data.cache import describe_cache, preview_grid
+
+    info = describe_cache(path)
+    out.print(_cache_table(info))
+    target = preview or PREVIEW_DIR / f"{path.name}.png"
+    if preview is not None or not target.exists():
+        preview_grid(path, target)
+    out.print(f"preview grid: {target}")
+
+
 @user_errors
 def inspect(
     path: Annotated[Optional[Path], typer.Argument(help="Run directory, checkpoint, .safetensors, settings YAML or prepared dataset cache. Omitted: the resolved settings.")] = None,
-    preview: Annotated[Optional[Path], typer.Option(help="For a dataset cache: write a preview grid PNG here.")] = None,
+    preview: Annotated[Optional[Path], typer.Option(help=f"For a dataset cache: write the preview grid PNG here (default {PREVIEW_DIR}/CACHE.png).")] = None,
     config: ConfigOpt = None,
     preset: PresetOpt = None,
     sets: SetOpt = None,
@@ -91,14 +133,7 @@ def inspect(
         out.print(f"parameters: {_param_count(settings):,}")
         return
     if path.is_dir() and (path / "index.json").exists():
-        from ddpmkit.data.cache import describe_cache, preview_grid
-
-        table, info = describe_cache(path)
-        out.print(table)
-        target = preview or path / "preview.png"
-        if preview is not None or not target.exists():
-            preview_grid(path, target)
-        out.print(f"preview grid: {target}")
+        _inspect_cache(path, preview)
         return
     if path.is_file() and path.suffix == ".jsonl":
         from ddpmkit.train.rundir import read_log

@@ -26,6 +26,7 @@ def prepare(
     set_: SetOpt = None,
 ) -> None:
     """Find the dataset layout under the data root and build the image cache (reused when current)."""
+    # lazy: the data code loads when the command runs, not for `ddpmkit --help`
     from ddpmkit.data.prepare import prepare_dataset
 
     data = {"size": size, "crop": crop, "split": split, "root": root, "cache_dir": cache_dir, "workers": workers}

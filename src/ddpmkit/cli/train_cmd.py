@@ -1,4 +1,4 @@
-"""`ddpmkit train`: resolve settings, then hand them to the Trainer."""
+"""`ddpmkit train`: resolve the settings, then hand them to `ddpmkit.train.train`."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def train(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Train a DDPM. With no options: the demo preset on generated faces (CPU, minutes)."""
-    from ddpmkit.train.trainer import train as run_training
+    # lazy: torch and the training code load when the command runs, not for `ddpmkit --help`
+    from ddpmkit.train import train as run_training
 
     overrides = {
         "train": {

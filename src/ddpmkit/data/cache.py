@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ddpmkit.data.celeba import SPLIT_NAMES
 from ddpmkit.errors import DdpmkitError
 
 FORMAT_VERSION = 1
@@ -97,72 +98,45 @@ def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).iterdir() if p.is_file())
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
-def describe_cache(path: Path) -> tuple["Table", dict[str, Any]]:  # noqa: F821
-    """A rich table and a plain dict: counts per split, settings, source, size on disk."""
-    from rich.table import Table
-
+def describe_cache(path: Path) -> dict[str, Any]:
+    """What a complete cache holds, as plain data: counts per split, settings, source, size on disk."""
     path = Path(path)
     if not is_complete(path):
         raise DdpmkitError(f"{path} is not a complete ddpmkit cache (no {MARKER} marker)")
     index = read_index(path)
     splits = index.get("split", [])
-    per_split = {name: 0 for name in ("train", "val", "test", "none")}
-    names = {0: "train", 1: "val", 2: "test"}
+    per_split = {name: 0 for name in SPLIT_NAMES.values()}
     for code in splits:
-        per_split[names.get(code, "none")] += 1
+        per_split[SPLIT_NAMES.get(code, SPLIT_NAMES[-1])] += 1
     counts = index.get("counts", {})
-    info: dict[str, Any] = {
+    source = index.get("source", {})
+    return {
         "path": str(path),
         "images": len(splits),
         "shape": index.get("shape"),
         "per_split": per_split,
         "settings": index.get("settings", {}),
-        "layout": index.get("source", {}).get("layout"),
-        "root": index.get("source", {}).get("root"),
+        "layout": source.get("layout"),
+        "root": source.get("root"),
         "skipped": counts.get("skipped", 0),
         "attributes_missing": counts.get("attributes_missing"),
         "has_attributes": bool(index.get("attribute_names")),
         "bytes": dir_size(path),
         "created": index.get("created"),
     }
-    table = Table(title=f"cache {path.name}", show_header=True)
-    table.add_column("field")
-    table.add_column("value", overflow="fold")
-    table.add_row("images", f"{info['images']}  shape {tuple(info['shape'] or ())} uint8")
-    table.add_row("per split", ", ".join(f"{k} {v}" for k, v in per_split.items() if v))
-    for k, v in info["settings"].items():
-        table.add_row(k, str(v))
-    table.add_row("layout", f"{info['layout']} at {info['root']}")
-    table.add_row("skipped files", str(info["skipped"]))
-    if info["has_attributes"]:
-        table.add_row("attributes missing", str(info["attributes_missing"]))
-    table.add_row("size on disk", _human(info["bytes"]))
-    table.add_row("created", str(info["created"]))
-    return table, info
 
 
 def preview_grid(path: Path, out_png: Path, n: int = 64) -> Path:
     """Save the first `n` cached images as one PNG grid (8 per row). Returns `out_png`."""
+    # lazy: torch and the image libraries load for a preview only, not in every prepare worker
     import torch
-    from torchvision.utils import save_image
 
-    from ddpmkit.io_utils import atomic_path
+    from ddpmkit.images import save_grid
 
     images = open_images(Path(path))
     n = max(1, min(n, len(images)))
-    grid = torch.from_numpy(np.array(images[:n])).float().div_(255.0)  # (n, 3, S, S) in [0, 1]
-    out_png = Path(out_png)
-    with atomic_path(out_png) as tmp:
-        save_image(grid, str(tmp), nrow=8, padding=2, format="png")
-    return out_png
+    x = torch.from_numpy(np.array(images[:n])).float().div_(127.5).sub_(1.0)  # (n, 3, S, S) in [-1, 1]
+    return save_grid(x, out_png, nrow=8, padding=2)
 
 
 def stale_temporaries(cache_dir: Path) -> list[Path]:

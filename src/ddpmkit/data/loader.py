@@ -70,7 +70,11 @@ class ImageBatches:
             raise ValueError(f"{self.n} images are fewer than one global batch of {self.global_batch}")
         nbytes = int(np.prod(images.shape))
         self.resident = _fits_on_device(nbytes, self.device)
+        # resident: the whole array on the device; streamed: host array, two staging buffers
+        self._data: torch.Tensor | None = None
         self._host: np.ndarray | None = None
+        self._buffers: list[torch.Tensor] = []
+        self._events: list[Any] = [None, None]  # the copy that last used each buffer (CUDA)
         if self.resident:
             t = images if isinstance(images, torch.Tensor) else torch.from_numpy(_writable(images))
             self._data = t.to(self.device)  # one copy to the GPU; no copy on CPU
@@ -79,7 +83,6 @@ class ImageBatches:
             pin = self.device.type == "cuda"
             shape = (batch_size, *images.shape[1:])
             self._buffers = [torch.empty(shape, dtype=torch.uint8, pin_memory=pin) for _ in range(2)]
-            self._events: list[Any] = [None, None]
 
     def __len__(self) -> int:
         full, rest = divmod(self.n, self.global_batch)
@@ -99,7 +102,8 @@ class ImageBatches:
         if size == self.global_batch:
             lo = start + self.rank * self.batch_size
             return lo, lo + self.batch_size, None
-        # last, partial global batch (drop_last=False): equal shares, padded from the epoch start
+        # last, partial global batch (drop_last=False): each rank takes ceil(size / W) positions;
+        # those past the end wrap round to this batch's own start, so a few of its images repeat
         share = -(-size // self.world_size)
         pos = torch.arange(start + self.rank * share, start + (self.rank + 1) * share)
         return 0, 0, torch.where(pos < self.n, pos, pos - size)
@@ -120,7 +124,7 @@ class ImageBatches:
 
     def _gather(self, idx: torch.Tensor, b: int) -> torch.Tensor:
         """(B, 3, H, W) uint8 on the device."""
-        if self.resident:
+        if self._data is not None:
             return self._data.index_select(0, idx)
         assert self._host is not None
         slot = b % 2
@@ -145,41 +149,3 @@ def _writable(a: np.ndarray) -> np.ndarray:
     if isinstance(a, np.memmap) and a.filename:
         return np.load(a.filename, mmap_mode="c", allow_pickle=False)
     return np.array(a)
-
-
-def load_training_images(data_cfg: Any) -> tuple[ArrayLike, dict[str, Any]]:
-    """The uint8 images (N, 3, S, S) for `settings.data` and an info dict.
-
-    synthetic: generated faces (a tensor). celeba / folder: the prepared cache, memory-mapped;
-    prepared on first use (with a message on stderr).
-    """
-    if data_cfg.dataset == "synthetic":
-        from ddpmkit.data.synthetic import make_faces
-
-        seed = int(getattr(data_cfg, "synthetic_seed", 0))
-        images = make_faces(data_cfg.synthetic_count, data_cfg.size, seed=seed)
-        return images, {"dataset": "synthetic", "count": int(images.shape[0]), "size": data_cfg.size, "seed": seed}
-
-    from rich.console import Console
-
-    from ddpmkit.data import cache as C
-    from ddpmkit.data.prepare import prepare_dataset
-
-    console = Console(stderr=True, highlight=False)
-    result = prepare_dataset(data_cfg, console=console, show_progress=console.is_terminal)
-    if result.reused:
-        console.print(f"using prepared cache {result.path}")
-    else:
-        console.print(f"prepared {result.counts['ok']} images into {result.path} (first use)")
-    images = C.open_images(result.path, mode="c")
-    info = {
-        "dataset": data_cfg.dataset,
-        "count": int(images.shape[0]),
-        "size": int(images.shape[-1]),
-        "cache": str(result.path),
-        "layout": result.layout.kind,
-        "settings": result.index["settings"],
-        "counts": result.counts,
-        "attribute_names": result.index.get("attribute_names", []),
-    }
-    return images, info

@@ -72,8 +72,7 @@ class AttnBlock(nn.Module):
 
     def __init__(self, channels: int, num_groups: int, head_channels: int = 0) -> None:
         super().__init__()
-        if head_channels and channels % head_channels:
-            raise ValueError(f"attention channels {channels} not divisible by head_channels {head_channels}")
+        # head_channels divides channels: `settings.check_unet_shape` (the UNet calls it) sees to that
         self.heads = channels // head_channels if head_channels else 1
         self.norm = nn.GroupNorm(num_groups, channels, eps=GROUPNORM_EPS)
         self.qkv = conv1x1(channels, 3 * channels)

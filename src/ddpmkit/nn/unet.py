@@ -19,7 +19,7 @@ of every ResBlock, every attention projection and the output conv, so a fresh ne
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +27,7 @@ from torch import Tensor, nn
 
 from ddpmkit.nn.blocks import GROUPNORM_EPS, AttnBlock, Downsample, ResBlock, Upsample, conv3x3, init_layer
 from ddpmkit.nn.embeddings import timestep_embedding
-
-if TYPE_CHECKING:
-    from ddpmkit.settings import ModelConfig
+from ddpmkit.settings import ModelConfig, check_unet_shape
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
@@ -45,6 +43,56 @@ class _Level(nn.Module):
         self.res = nn.ModuleList(res)
         self.attn = nn.ModuleList(attn)
         self.resample = resample
+
+
+class _BlockMaker:
+    """Builds the U-Net's levels; every ResBlock and AttnBlock of one network shares these settings."""
+
+    def __init__(self, emb_dim: int, num_groups: int, dropout: float, head_channels: int,
+                 attn_resolutions: tuple[int, ...]) -> None:
+        self.emb_dim, self.num_groups, self.dropout = emb_dim, num_groups, dropout
+        self.head_channels, self.attn_resolutions = head_channels, attn_resolutions
+
+    def res(self, c_in: int, c_out: int) -> ResBlock:
+        return ResBlock(c_in, c_out, self.emb_dim, self.num_groups, self.dropout)
+
+    def attn_or_identity(self, channels: int, size: int) -> nn.Module:
+        if size in self.attn_resolutions:
+            return AttnBlock(channels, self.num_groups, self.head_channels)
+        return nn.Identity()
+
+    def down_path(self, ch: int, widths: list[int], num_res_blocks: int, size: int) -> tuple[nn.ModuleList, list[int]]:
+        """Levels at size, size/2, ...; also the channels of every kept skip, in push order."""
+        skip_ch, cur, levels = [ch], ch, nn.ModuleList()
+        for i, out in enumerate(widths):
+            res, att = [], []
+            for _ in range(num_res_blocks):
+                res.append(self.res(cur, out))
+                att.append(self.attn_or_identity(out, size))
+                cur = out
+                skip_ch.append(cur)
+            last = i == len(widths) - 1
+            levels.append(_Level(res, att, None if last else Downsample(cur)))
+            if not last:
+                skip_ch.append(cur)
+                size //= 2
+        return levels, skip_ch
+
+    def up_path(self, widths: list[int], num_res_blocks: int, image_size: int, skip_ch: list[int]) -> nn.ModuleList:
+        """Levels indexed like the down path (up[i] runs at image_size / 2^i), built deepest first;
+        each ResBlock takes the popped skip's channels on top of the running ones."""
+        up: list[_Level] = []
+        cur = widths[-1]
+        for i in reversed(range(len(widths))):
+            size = image_size // 2**i
+            res, att = [], []
+            for _ in range(num_res_blocks + 1):
+                res.append(self.res(cur + skip_ch.pop(), widths[i]))
+                att.append(self.attn_or_identity(widths[i], size))
+                cur = widths[i]
+            up.insert(0, _Level(res, att, Upsample(cur) if i != 0 else None))
+        assert not skip_ch, "every skip connection must be consumed"
+        return nn.ModuleList(up)
 
 
 class UNet(nn.Module):
@@ -71,16 +119,13 @@ class UNet(nn.Module):
         cond_dim: int = 0,
     ) -> None:
         super().__init__()
+        check_unet_shape(image_size, ch, ch_mult, attn_resolutions, head_channels)  # ValueError naming the misfit
         self.image_size, self.in_channels, self.ch, self.cond_dim = image_size, in_channels, ch, cond_dim
         emb_dim = 4 * ch
         self.num_levels = len(ch_mult)
         self._size_multiple = 2 ** (self.num_levels - 1)
 
-        def res_block(c_in: int, c_out: int) -> ResBlock:
-            return ResBlock(c_in, c_out, emb_dim, num_groups, dropout)
-
-        def attn_or_identity(channels: int, size: int) -> nn.Module:
-            return AttnBlock(channels, num_groups, head_channels) if size in attn_resolutions else nn.Identity()
+        make = _BlockMaker(emb_dim, num_groups, dropout, head_channels, tuple(attn_resolutions))
 
         self.temb = nn.Sequential(
             init_layer(nn.Linear(ch, emb_dim)), nn.SiLU(), init_layer(nn.Linear(emb_dim, emb_dim))
@@ -93,49 +138,19 @@ class UNet(nn.Module):
             self.null_cond = nn.Parameter(torch.zeros(emb_dim))
 
         self.conv_in = conv3x3(in_channels, ch)
-
-        # Down path; skip_ch records the channels of every kept feature map, in push order.
-        skip_ch = [ch]
-        cur, size = ch, image_size
-        self.down = nn.ModuleList()
-        for i, mult in enumerate(ch_mult):
-            out = ch * mult
-            res, att = [], []
-            for _ in range(num_res_blocks):
-                res.append(res_block(cur, out))
-                att.append(attn_or_identity(out, size))
-                cur = out
-                skip_ch.append(cur)
-            last = i == self.num_levels - 1
-            self.down.append(_Level(res, att, None if last else Downsample(cur)))
-            if not last:
-                skip_ch.append(cur)
-                size //= 2
-
-        self.mid1 = res_block(cur, cur)
+        # (modules are created in forward order: the initial weights depend on that order)
+        widths = [ch * m for m in ch_mult]
+        self.down, skip_ch = make.down_path(ch, widths, num_res_blocks, image_size)
+        cur = widths[-1]
+        self.mid1 = make.res(cur, cur)
         self.mid_attn = AttnBlock(cur, num_groups, head_channels)
-        self.mid2 = res_block(cur, cur)
-
-        # Up path, indexed by level like the down path (self.up[i] runs at image_size / 2^i).
-        up: list[_Level] = []
-        for i in reversed(range(self.num_levels)):
-            out = ch * ch_mult[i]
-            res, att = [], []
-            for _ in range(num_res_blocks + 1):
-                res.append(res_block(cur + skip_ch.pop(), out))
-                att.append(attn_or_identity(out, size))
-                cur = out
-            up.insert(0, _Level(res, att, Upsample(cur) if i != 0 else None))
-            if i != 0:
-                size *= 2
-        assert not skip_ch, "every skip connection must be consumed"
-        self.up = nn.ModuleList(up)
-
-        self.norm_out = nn.GroupNorm(num_groups, cur, eps=GROUPNORM_EPS)
-        self.conv_out = conv3x3(cur, in_channels, zero=True)
+        self.mid2 = make.res(cur, cur)
+        self.up = make.up_path(widths, num_res_blocks, image_size, skip_ch)
+        self.norm_out = nn.GroupNorm(num_groups, widths[0], eps=GROUPNORM_EPS)
+        self.conv_out = conv3x3(widths[0], in_channels, zero=True)
 
     @classmethod
-    def from_config(cls, cfg: "ModelConfig") -> "UNet":
+    def from_config(cls, cfg: ModelConfig) -> "UNet":
         """The U-Net that `cfg` (settings' model section, image_size resolved) describes."""
         if cfg.image_size is None:
             raise ValueError("model.image_size is unresolved: build the model from Settings, which take it from data.size")
@@ -178,7 +193,8 @@ class UNet(nn.Module):
         t: (B,) long or float timestep indices in [0, T), or a scalar for the whole batch.
         cond: optional (B, cond_dim) condition (e.g. CelebA attributes), only when cond_dim > 0;
            None means the learned null (unconditional) embedding for every sample.
-        drop_cond: optional (B,) bool, True where the null embedding replaces cond (CFG training).
+        drop_cond: optional (B,) bool, True where the null embedding replaces cond (the
+           hook for condition dropout; ddpmkit's trainer does not train with a condition yet).
         Returns ε̂: (B, in_channels, H, W), in x's dtype unless autocast is on (then bf16/fp16).
         Raises ValueError on a wrong shape or on cond given to an unconditional model.
         """

@@ -1,1 +1,16 @@
-"""Training: the loop, EMA weights, checkpoints and the run directory."""
+"""Training: `train(settings)` runs a whole training; the pieces live in their own modules.
+
+    launch.py    train(), build_trainer(): validation and set-up, the lock's place
+    trainer.py   Trainer: the loop, logs, checkpoints at their steps
+    state.py     TrainState: what a checkpoint holds; saves and loads itself
+    periodic.py  preview grids, FID, progress bar, stop signals
+    optim.py     optimizer and learning-rate schedule
+    data.py      the training images (generated, or the prepared cache)
+    ema.py, rundir.py
+"""
+
+from ddpmkit.train.launch import build_trainer, train
+from ddpmkit.train.state import TrainState
+from ddpmkit.train.trainer import Trainer, TrainResult
+
+__all__ = ["Trainer", "TrainResult", "TrainState", "build_trainer", "train"]

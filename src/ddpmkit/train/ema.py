@@ -38,10 +38,3 @@ class EMA:
         for b_ema, b in zip(self.model.buffers(), model.buffers()):
             b_ema.copy_(b)
         self.num_updates += 1
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.model.state_dict()
-
-    def load_state_dict(self, state: dict[str, torch.Tensor], num_updates: int) -> None:
-        self.model.load_state_dict(state)
-        self.num_updates = num_updates

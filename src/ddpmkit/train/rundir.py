@@ -13,7 +13,7 @@ import json
 import platform
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TextIO
 
 import torch
 
@@ -39,6 +39,22 @@ class RunDir:
     def latest(self) -> Optional[Path]:
         return latest_checkpoint(self.checkpoints) if self.checkpoints.exists() else None
 
+    def checkpoint_to_resume(self, resume: bool) -> Optional[Path]:
+        """The checkpoint a resume continues from, or None for a new run. Refuses to start a new
+        run over an existing one, and to resume where there is nothing. Reads only."""
+        if not resume:
+            if self.holds_run():
+                latest = self.latest()
+                what = f"checkpoint {latest.name}" if latest else "a run"
+                raise DdpmkitError(
+                    f"run directory {self.path} already holds {what}; use --resume to continue it "
+                    "or --run-dir to start a new one"
+                )
+            return None
+        if not self.holds_run():
+            raise DdpmkitError(f"nothing to resume: {self.path} holds no run")
+        return self.latest()
+
     def create(self, settings: Settings, extra: dict[str, Any]) -> None:
         if self.path.exists() and not self.path.is_dir():
             raise DdpmkitError(f"run directory {self.path} exists and is a file")
@@ -56,21 +72,32 @@ class RunDir:
 
 
 class JsonlLogger:
-    """Appends one JSON line per record; optionally mirrors scalars to TensorBoard."""
+    """Appends one JSON line per record; optionally mirrors scalars to TensorBoard.
+
+    Nothing is opened before the first record, so a logger can be made before the run directory.
+    """
 
     def __init__(self, path: Path, tensorboard: bool = False) -> None:
         self.path = path
-        self._fh = open(path, "a", buffering=1)
-        self._tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+        self.tensorboard = tensorboard
+        self._fh: Optional[TextIO] = None
+        self._tb: Any = None
 
-                self._tb = SummaryWriter(str(path.parent / "tb"))
+    def _open(self) -> None:
+        self._fh = open(self.path, "a", buffering=1)
+        if self.tensorboard:
+            try:
+                # optional: the tensorboard package is not a dependency
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.path.parent / "tb"))
             except ImportError:
                 self._tb = None
 
     def write(self, record: dict[str, Any]) -> None:
+        if self._fh is None:
+            self._open()
+        assert self._fh is not None
         self._fh.write(json.dumps(record) + "\n")
         if self._tb is not None:
             step = int(record.get("step", 0))
@@ -79,9 +106,12 @@ class JsonlLogger:
                     self._tb.add_scalar(k, v, step)
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:

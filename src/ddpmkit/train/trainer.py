@@ -1,481 +1,282 @@
-"""The training loop: L_simple with Adam, warm-up, clipping, EMA, checkpoints, samples, logs.
+"""The training loop: L_simple with Adam, warm-up, clipping and EMA; logs and checkpoints.
 
 One process or many under torchrun (DistributedDataParallel). `train.batch_size` is the global
 batch; each of W processes takes batch_size/W images of every global batch. The timesteps and
 noise of a global batch come from one generator that every rank advances identically, so W
 processes follow the same trajectory as one process with the same global batch.
+
+`launch.build_trainer` validates the settings and builds the pieces; the Trainer only runs them.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from ddpmkit import __version__
-from ddpmkit.device import DistInfo, autocast, dist_from_env, resolve_device
-from ddpmkit.diffusion import training_loss
+from ddpmkit.checkpoint import step_dir_name
+from ddpmkit.data.loader import ImageBatches
+from ddpmkit.device import DistInfo, autocast
+from ddpmkit.diffusion import sample_timesteps, training_loss
 from ddpmkit.errors import DdpmkitError
-from ddpmkit.generate import eps_fn, generate
-from ddpmkit.images import save_grid, to_uint8
-from ddpmkit.samplers import make_sampler
 from ddpmkit.schedule import NoiseSchedule
-from ddpmkit.settings import Settings, settings_from_dict
-from ddpmkit.checkpoint import (
-    EMA_FILE,
-    MODEL_FILE,
-    load_state,
-    load_weights,
-    save_checkpoint,
-)
-from ddpmkit.train.ema import EMA
+from ddpmkit.settings import TrainConfig
+from ddpmkit.train.optim import lr_at, set_lr
+from ddpmkit.train.periodic import Periodic, ProgressBar, StopSignals
 from ddpmkit.train.rundir import JsonlLogger, RunDir
+from ddpmkit.train.state import TrainState
+
+Log = Callable[[str], None]
 
 
 @dataclass
 class TrainResult:
+    """How a run ended; the same on every rank."""
+
     step: int
     epoch: int
     run_dir: Path
-    last_loss: float
-    interrupted: bool
+    last_loss: float  # mean loss of the last logged steps (over all ranks); nan if none logged
+    interrupted: bool  # stopped by a signal or request_stop() before the planned length
     checkpoint: Optional[Path]
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int = 0, decay: str = "constant") -> float:
-    """Linear warm-up from 0 over warmup_steps, then constant (DDPM's schedule) or a cosine
-    decay to 0 at total_steps (short runs end with the weights settled, not mid-oscillation)."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    if decay == "cosine" and total_steps > warmup_steps:
-        progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
-        return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return base_lr
+class LossWindow:
+    """The losses of the steps since the last log, kept on the device: no host sync per step."""
+
+    def __init__(self) -> None:
+        self.losses: list[Tensor] = []
+
+    def add(self, loss: Tensor) -> None:
+        self.losses.append(loss)
+
+    def values(self, dist: DistInfo, step: int) -> list[float]:
+        """Each step's loss, averaged over the ranks. Raises DdpmkitError naming the first step
+        whose loss is not finite (every rank sees the same values, so all stop alike)."""
+        if not self.losses:
+            return []
+        per_step = dist.all_mean(torch.stack(self.losses)).tolist()
+        for k, v in enumerate(per_step):
+            if not math.isfinite(v):
+                raise NonFinite(f"the loss is {v} at step {step - len(per_step) + 1 + k}")
+        return per_step
+
+    def clear(self) -> None:
+        self.losses = []
 
 
-def build_optimizer(params, cfg, device: torch.device) -> torch.optim.Optimizer:
-    kwargs: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
-    if device.type == "cuda":
-        kwargs["fused"] = True  # one kernel for all parameters
-    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, **kwargs)
-
-
-def _same_architecture(a: Settings, b: Settings) -> Optional[str]:
-    """The first model/diffusion setting that differs, as 'section.key (x vs y)', or None."""
-    for section in ("model", "diffusion"):
-        da, db = getattr(a, section).model_dump(), getattr(b, section).model_dump()
-        for k in da:
-            if da[k] != db.get(k):
-                return f"{section}.{k} ({db.get(k)} in the run, {da[k]} asked)"
-    return None
+class NonFinite(DdpmkitError):
+    """The loss or the weights stopped being finite numbers."""
 
 
 class Trainer:
-    """Trains `settings` into `settings.train.run_dir`. Call `run()`; `request_stop()` from anywhere."""
+    """Runs the loop over prepared pieces. `open(resume)`, then `run()`; `request_stop()` from anywhere."""
 
     def __init__(
         self,
-        settings: Settings,
+        state: TrainState,
+        batches: ImageBatches,
+        sched: NoiseSchedule,
+        cfg: TrainConfig,
         *,
-        resume: bool = False,
-        log: Callable[[str], None] = print,
+        net: nn.Module,
+        total: int,
+        run_dir: RunDir,
+        run_info: dict[str, Any],
+        dist: DistInfo,
+        periodic: Periodic,
+        log_file: Optional[JsonlLogger],
         progress: bool = True,
-        dist: Optional[DistInfo] = None,
+        log: Log = print,
+        on_step: Iterable[Callable[["Trainer"], None]] = (),
     ) -> None:
-        self.settings = settings
-        self.resume = resume
-        self.log = log
-        self.show_progress = progress
-        self.dist = dist or dist_from_env()
-        self.on_step: list[Callable[["Trainer"], None]] = []
-        self._stop = False
-        self._agreed_stop = False  # under DDP all ranks must stop at the same step
-        self.step = 0
-        self.total = 0  # set by run(); the cosine learning-rate decay ends there
-        self.epoch = 0
-        self.batch_in_epoch = 0  # global batches already taken from the current epoch
+        self.state, self.batches, self.sched, self.cfg = state, batches, sched, cfg
+        self.net = net  # the model as trained: DDP- and/or compile-wrapped state.model
+        self.total = total  # steps of the whole run; the cosine learning-rate decay ends there
+        self.run_dir, self.run_info = run_dir, run_info
+        self.dist, self.periodic, self.log_file = dist, periodic, log_file
+        self.show_progress, self.log = progress, log
+        self.on_step: list[Callable[["Trainer"], None]] = list(on_step)
+        self.device = state.device
+        self.local_batch = cfg.batch_size // dist.world_size
+        self.window = LossWindow()
+        self.history: list[dict[str, Any]] = []
+        self.last_loss = math.nan
+        self._stop_requested = False  # this rank's wish
+        self.interrupted = False  # what all ranks agreed
+        self._vote: Callable[[], bool] = lambda: False  # the stop vote of the previous step
+        self._progress: Optional[ProgressBar] = None
+        self._mark = (time.perf_counter(), state.step)  # (time, step) of the last log
 
-    # ------------------------------------------------------------------ set-up
+    @property
+    def step(self) -> int:
+        return self.state.step
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.state.model.parameters())
 
     def request_stop(self) -> None:
         """Finish the current step, save a checkpoint and return (what Ctrl-C and SIGTERM do)."""
-        self._stop = True
+        self._stop_requested = True
 
-    def _should_stop(self) -> bool:
-        return self._agreed_stop if self.dist.enabled else self._stop
+    # ------------------------------------------------------------------ start
 
-    def _setup(self) -> None:
-        s, d = self.settings, self.dist
-        tc = s.train
-        s.check_model()  # before anything is written
-        self.device = resolve_device(tc.device)
-        if self.device.type == "cuda" and d.enabled:
-            self.device = torch.device("cuda", d.local_rank)
-            torch.cuda.set_device(self.device)
-        self.owns_process_group = False
-        if d.enabled and not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-            self.owns_process_group = True
-        if tc.batch_size % d.world_size:
-            raise DdpmkitError(
-                f"train.batch_size {tc.batch_size} is not divisible by the {d.world_size} processes"
-            )
-        self.local_batch = tc.batch_size // d.world_size
-
-        self.run_dir = RunDir(tc.run_dir)
-        ckpt = self._check_run_dir()
-        self._barrier()  # every rank has looked before rank 0 creates the run
-
-        torch.manual_seed(tc.seed)  # identical initial weights on every rank
-        from ddpmkit.data.loader import ImageBatches, load_training_images
-        from ddpmkit.nn import UNet, count_parameters
-
-        # one process per machine prepares a missing cache; the others then find it ready
-        if d.local_rank != 0:
-            self._barrier()
-        images, data_info = load_training_images(s.data)
-        if d.local_rank == 0:
-            self._barrier()
-        self.batches = ImageBatches(
-            images,
-            self.local_batch,
-            device=self.device,
-            hflip=s.data.hflip,
-            seed=tc.seed,
-            rank=d.rank,
-            world_size=d.world_size,
-        )
-        if len(self.batches) == 0:
-            raise DdpmkitError(
-                f"dataset has {len(images)} images, fewer than one batch of {tc.batch_size}; lower train.batch_size"
-            )
-        self.model: nn.Module = UNet.from_config(s.model).to(self.device)
-        if self.device.type == "cuda" and tc.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.n_params = count_parameters(self.model)
-        self.ema = EMA(self.model, tc.ema_decay, tc.ema_warmup)
-        self.opt = build_optimizer(self.model.parameters(), tc, self.device)
-        self.sched = NoiseSchedule.from_config(s.diffusion).to(self.device)
-        # one stream of timesteps and noise for the global batch, identical on every rank
-        self.gen = torch.Generator(device=self.device).manual_seed(tc.seed + 1)
-        torch.manual_seed(tc.seed + 7919 * d.rank)  # dropout masks differ between ranks
-
+    def open(self, resume: bool) -> None:
+        """Check the run directory, then create it (a new run) or load its latest checkpoint."""
+        d = self.dist
+        ckpt = self.run_dir.checkpoint_to_resume(resume)  # raises before anything is written
+        d.barrier()  # every rank has looked before rank 0 creates the run
         if ckpt is not None:
-            self._load(ckpt)
+            self.state.load(ckpt, rank=d.rank, log=self.log)
+            if d.is_main:
+                self.log(f"resuming {self.run_dir.path} from step {self.state.step} (epoch {self.state.epoch})")
         elif d.is_main:
-            self.run_dir.create(
-                s,
-                {"device": str(self.device), "parameters": self.n_params, "world_size": d.world_size, **data_info},
-            )
-        self.net: nn.Module = self.model
-        if d.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        if tc.compile:
-            self.net = torch.compile(self.net)
-        self.log_file = JsonlLogger(self.run_dir.log, tc.tensorboard) if d.is_main else None
-        self.fid_monitor = None
-        if s.fid.every and d.is_main:
-            from ddpmkit.fid import FidExtractor, FidMonitor, default_reference
-
-            f = s.fid
-            extractor = FidExtractor(f.weights, self.device, f.batch_size, f.verify_weights)
-            reference = default_reference(s.data, f.ref_split or s.data.split, f.ref_n)
-            self.fid_monitor = FidMonitor.for_reference(reference, extractor, f.every_n, Path(s.data.cache_dir) / "fid")
+            self.run_dir.create(self.state.settings, self.run_info)
+        self._mark = (time.perf_counter(), self.state.step)
         if d.is_main:
             self.log(
                 f"training {self.n_params / 1e6:.2f}M parameters on {self.device}"
-                f"{f' x{d.world_size} processes' if d.enabled else ''}, {len(images)} images, "
-                f"global batch {tc.batch_size}, run directory {self.run_dir.path}"
+                f"{f' x{d.world_size} processes' if d.enabled else ''}, {self.batches.n} images, "
+                f"global batch {self.cfg.batch_size}, run directory {self.run_dir.path}"
             )
-        self._barrier()
-
-    def _check_run_dir(self) -> Optional[Path]:
-        """The checkpoint to resume from, or None for a new run; refuses to clobber a run."""
-        run = self.run_dir
-        if not self.resume:
-            if run.holds_run():
-                latest = run.latest()
-                what = f"checkpoint {latest.name}" if latest else "a run"
-                raise DdpmkitError(
-                    f"run directory {run.path} already holds {what}; use --resume to continue it "
-                    "or --run-dir to start a new one"
-                )
-            return None
-        if not run.holds_run():
-            raise DdpmkitError(f"nothing to resume: {run.path} holds no run")
-        return run.latest()
-
-    def _load(self, ckpt: Path) -> None:
-        state = load_state(ckpt)
-        saved = settings_from_dict(json.loads(state["settings"]), str(ckpt))
-        diff = _same_architecture(self.settings, saved)
-        if diff is not None:
-            raise DdpmkitError(f"cannot resume {ckpt}: it was trained with different {diff}")
-        if saved.train.batch_size != self.settings.train.batch_size:
-            self.log("note: global batch size changed on resume; the data order restarts at the epoch's start")
-        load_weights(self.model, ckpt / MODEL_FILE)
-        load_weights(self.ema.model, ckpt / EMA_FILE)
-        self.ema.num_updates = int(state["ema_updates"])
-        self.opt.load_state_dict(state["optimizer"])
-        self.step = int(state["step"])
-        self.epoch = int(state["epoch"])
-        same_batch = saved.train.batch_size == self.settings.train.batch_size
-        self.batch_in_epoch = int(state["batch_in_epoch"]) if same_batch else 0
-        torch.set_rng_state(state["rng_cpu"])
-        if self.device.type == "cuda" and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
-        gen_state = state["rng_gen"]
-        self.gen.set_state(gen_state)
-        if self.dist.rank != 0:  # the saved CPU state is rank 0's: other ranks need their own dropout masks
-            torch.manual_seed(self.settings.train.seed + 7919 * self.dist.rank + self.step)
-        if self.dist.is_main:
-            self.log(f"resuming {self.run_dir.path} from step {self.step} (epoch {self.epoch})")
+        d.barrier()
 
     # ------------------------------------------------------------------ the loop
 
-    def total_steps(self) -> int:
-        tc = self.settings.train
-        limits = []
-        if tc.max_steps is not None:
-            limits.append(tc.max_steps)
-        if tc.epochs is not None:
-            limits.append(tc.epochs * len(self.batches))
-        if not limits:
-            raise DdpmkitError("set how long to train: --epochs N or --max-steps N (train.epochs / train.max_steps)")
-        return min(limits)
-
-    def train_step(self, x0: torch.Tensor) -> torch.Tensor:
-        """One optimizer step on this rank's slice of a global batch. x0: (b, 3, H, W) in [-1, 1]."""
-        tc, d = self.settings.train, self.dist
-        B = tc.batch_size
-        t_all = torch.randint(0, self.sched.T, (B,), generator=self.gen, device=self.device)
-        noise_all = torch.randn((B, *x0.shape[1:]), generator=self.gen, device=self.device)
-        lo = d.rank * self.local_batch
+    def train_step(self, x0: Tensor) -> Tensor:
+        """One optimizer step on this rank's slice of a global batch. x0: (b, 3, H, W) in [-1, 1].
+        Returns the loss (a 0-d tensor on the device)."""
+        c, st = self.cfg, self.state
+        t_all = sample_timesteps(c.batch_size, self.sched.T, self.device, st.gen)
+        noise_all = torch.randn((c.batch_size, *x0.shape[1:]), generator=st.gen, device=self.device)
+        lo = self.dist.rank * self.local_batch
         t, noise = t_all[lo : lo + self.local_batch], noise_all[lo : lo + self.local_batch]
-        if self.device.type == "cuda" and tc.channels_last:
+        if self.device.type == "cuda" and c.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
             noise = noise.contiguous(memory_format=torch.channels_last)
-        lr = lr_at(self.step, tc.lr, tc.warmup_steps, self.total, tc.lr_decay)
-        for g in self.opt.param_groups:
-            g["lr"] = lr
-        with autocast(self.device, tc.precision):
+        set_lr(st.optimizer, lr_at(st.step, c.lr, c.warmup_steps, self.total, c.lr_decay))
+        with autocast(self.device, c.precision):
             loss = training_loss(self.net, self.sched, x0, t, noise)
-        self.opt.zero_grad(set_to_none=True)
+        st.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-        self.opt.step()
-        self.ema.update(self.model)
+        if c.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(st.model.parameters(), c.grad_clip)
+        st.optimizer.step()
+        st.ema.update(st.model)
         return loss.detach()
 
     def run(self) -> TrainResult:
-        self._setup()
-        tc = self.settings.train
-        total = self.total = self.total_steps()
-        history: list[dict[str, Any]] = []
-        last_loss = math.nan
-        ckpt: Optional[Path] = None
-        previous = self._install_signal_handlers()
-        progress = self._progress(total)
+        """Train to `total` steps or until stopped; save a checkpoint at the end."""
+        st = self.state
+        if self.show_progress and self.dist.is_main:
+            self._progress = ProgressBar(self.total, st.step)
         try:
-            loss_sum = torch.zeros((), device=self.device)
-            n_sum, t_mark, step_mark = 0, time.perf_counter(), self.step
-            while self.step < total and not self._should_stop():
-                for x0 in self.batches.epoch(self.epoch, start_batch=self.batch_in_epoch):
-                    loss_sum += self.train_step(x0)
-                    n_sum += 1
-                    self.step += 1
-                    self.batch_in_epoch += 1
-                    for cb in self.on_step:
-                        cb(self)
-                    if self.step % tc.log_every == 0 or self.step == total:
-                        loss_sum = self._all_mean(loss_sum)
-                        last_loss = loss_sum.item() / n_sum
-                        dt = time.perf_counter() - t_mark
-                        rec = {
-                            "step": self.step,
-                            "epoch": self.epoch,
-                            "loss": round(last_loss, 6),
-                            "lr": lr_at(self.step - 1, tc.lr, tc.warmup_steps, total, tc.lr_decay),
-                            "img_per_s": round((self.step - step_mark) * tc.batch_size / max(dt, 1e-9), 2),
-                            "time": round(time.time(), 3),
-                        }
-                        history.append(rec)
-                        if self.log_file is not None:
-                            self.log_file.write(rec)
-                        loss_sum = torch.zeros((), device=self.device)
-                        n_sum, t_mark, step_mark = 0, time.perf_counter(), self.step
-                        self._agreed_stop = self._any_rank(self._stop)
-                    if progress is not None:
-                        progress.update(self._task, completed=self.step, loss=last_loss)
-                    if tc.sample_every and self.step % tc.sample_every == 0:
-                        self.sample_grid()
-                    if self.settings.fid.every and self.step % self.settings.fid.every == 0:
-                        self.log_fid()
-                    if tc.ckpt_every and self.step % tc.ckpt_every == 0 and self.step < total:
-                        ckpt = self.save()
-                    if self.step >= total or self._should_stop():
-                        break
-                else:  # the epoch ran out
-                    self.epoch += 1
-                    self.batch_in_epoch = 0
-            ckpt = self.save()
-            if tc.sample_every and self.step % tc.sample_every != 0 and not self._stop:
-                self.sample_grid()
+            with StopSignals(self.request_stop, self._main_log):
+                self._loop()
+                ckpt = self.save()
+                if not self.interrupted and self.dist.is_main:
+                    self.periodic.final_preview(st.ema.model, st.step)
+        except NonFinite as e:
+            latest = self.run_dir.latest()
+            kept = f"the last good checkpoint ({latest.name}) is kept" if latest else "no checkpoint was written"
+            raise DdpmkitError(f"training stopped: {e}; {kept}; lower train.lr or check the data") from None
         finally:
-            if progress is not None:
-                progress.stop()
-            self._restore_signal_handlers(previous)
-            if getattr(self, "log_file", None) is not None:
+            if self._progress is not None:
+                self._progress.close()
+            if self.log_file is not None:
                 self.log_file.close()
-        if self._stop and self.dist.is_main:
-            self.log(f"stopped at step {self.step}; checkpoint saved; continue with --resume")
-        return TrainResult(self.step, self.epoch, self.run_dir.path, last_loss, self._stop, ckpt, history)
+        if self.interrupted:
+            self._main_log(f"stopped at step {st.step}; checkpoint saved; continue with --resume")
+        return TrainResult(st.step, st.epoch, self.run_dir.path, self.last_loss, self.interrupted, ckpt, self.history)
+
+    def _loop(self) -> None:
+        st = self.state
+        while st.step < self.total and not self.interrupted:
+            for x0 in self.batches.epoch(st.epoch, start_batch=st.batch_in_epoch):
+                self.window.add(self.train_step(x0))
+                st.step += 1
+                st.batch_in_epoch += 1
+                for callback in self.on_step:
+                    callback(self)
+                self.interrupted = self._agree_stop()
+                self._between_steps()
+                if st.step >= self.total or self.interrupted:
+                    break
+            else:  # the epoch ran out
+                st.epoch += 1
+                st.batch_in_epoch = 0
+
+    def _agree_stop(self) -> bool:
+        """Whether to stop after this step, the same on every rank. Under DDP each step's votes
+        are gathered without waiting and read a step later, so a stop takes effect one step after
+        it is asked for; a single process stops at once."""
+        if not self.dist.enabled:
+            return self._stop_requested
+        agreed = self._vote()
+        self._vote = self.dist.any_rank_later(self._stop_requested)
+        return agreed
+
+    def _between_steps(self) -> None:
+        c, step = self.cfg, self.state.step
+        work_due = self.periodic.due(step)
+        ckpt_due = c.ckpt_every > 0 and step % c.ckpt_every == 0 and step < self.total
+        if step % c.log_every == 0 or step == self.total:
+            self._write_log()
+        elif work_due:
+            self.window.values(self.dist, step)  # no grids or FID from a model gone to NaN
+        if self._progress is not None:
+            self._progress.update(step, self.last_loss)
+        if work_due and self.dist.is_main:
+            self.periodic.run(self.state.ema.model, step)
+        if ckpt_due:
+            self.save()
+
+    def _write_log(self) -> None:
+        c, st = self.cfg, self.state
+        losses = self.window.values(self.dist, st.step)
+        self.window.clear()
+        self.last_loss = sum(losses) / len(losses)
+        then, step_then = self._mark
+        now = time.perf_counter()
+        record = {
+            "step": st.step,
+            "epoch": st.epoch,
+            "loss": round(self.last_loss, 6),
+            "lr": lr_at(st.step - 1, c.lr, c.warmup_steps, self.total, c.lr_decay),
+            "img_per_s": round((st.step - step_then) * c.batch_size / max(now - then, 1e-9), 2),
+            "time": round(time.time(), 3),
+        }
+        self._mark = (now, st.step)
+        self.history.append(record)
+        if self.log_file is not None:
+            self.log_file.write(record)
 
     # ------------------------------------------------------------------ outputs
 
-    def save(self) -> Optional[Path]:
-        """Write a checkpoint (rank 0); every rank waits for it."""
-        path = None
+    def save(self) -> Path:
+        """Write a checkpoint (rank 0; every rank waits for it). Raises NonFinite instead of saving
+        a non-finite loss or weights: the previous checkpoint stays the latest. Returns its folder."""
+        st = self.state
+        self.window.values(self.dist, st.step)
+        if not _all_finite(st.model.parameters()):
+            raise NonFinite(f"the weights are not finite after step {st.step}")
         if self.dist.is_main:
-            state = {
-                "ddpmkit": __version__,
-                "step": self.step,
-                "epoch": self.epoch,
-                "batch_in_epoch": self.batch_in_epoch,
-                "world_size": self.dist.world_size,
-                "ema_updates": self.ema.num_updates,
-                "optimizer": self.opt.state_dict(),
-                "rng_cpu": torch.get_rng_state(),
-                "rng_gen": self.gen.get_state(),
-                "settings": json.dumps(self.settings.model_dump(mode="json")),
-            }
-            if self.device.type == "cuda":
-                state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
-            path = save_checkpoint(
-                self.run_dir.checkpoints,
-                model=self.model,
-                ema_model=self.ema.model,
-                state=state,
-                settings=self.settings,
-                step=self.step,
-                keep=self.settings.train.keep_checkpoints,
-            )
-        self._barrier()
-        return path
+            st.save(self.run_dir.checkpoints, world_size=self.dist.world_size, keep=self.cfg.keep_checkpoints)
+        self.dist.barrier()
+        return self.run_dir.checkpoints / step_dir_name(st.step)
 
-    def _ema_images(self, cfg, n: int, seed: int) -> torch.Tensor:
-        """n EMA samples (n, C, H, W) in [-1, 1] with the sampler that `cfg` describes."""
-        s = self.settings
-        was_training = self.ema.model.training
-        self.ema.model.eval()
-        sampler = make_sampler(self.sched, cfg)
-        shape = (s.model.in_channels, s.data.size, s.data.size)
-        x = torch.cat(list(generate(eps_fn(self.ema.model, self.device, s.train.precision), sampler, n, shape,
-                                    seed=seed, batch_size=min(n, s.sample.batch_size), device=self.device)))
-        self.ema.model.train(was_training)
-        return x
-
-    def sample_grid(self) -> Optional[Path]:
-        """An EMA sample grid with a fixed seed, so grids compare across steps (rank 0).
-
-        DDIM with 50 steps (η = 0): fast, and deterministic, so the grids differ only by the model."""
-        if not self.dist.is_main:
-            return None
-        s = self.settings
-        cfg = s.sample.model_copy(update={"sampler": "ddim", "steps": min(50, s.diffusion.timesteps), "eta": 0.0})
-        path = self.run_dir.samples / f"step_{self.step:08d}.png"
-        save_grid(self._ema_images(cfg, s.train.num_samples, s.train.seed).cpu(), path)
-        return path
-
-    def log_fid(self) -> Optional[float]:
-        """FID of fid.every_n EMA samples (fixed seed, fast sampler), logged beside the loss (rank 0)."""
-        if self.fid_monitor is None:
-            return None
-        f = self.settings.fid
-        cfg = self.settings.sample.model_copy(update={"sampler": f.every_sampler, "steps": f.every_steps})
-        value = self.fid_monitor(to_uint8(x) for x in self._ema_images(cfg, f.every_n, 0).split(50))
-        if self.log_file is not None:
-            self.log_file.write({"step": self.step, "fid": round(value, 4), "fid_n": f.every_n,
-                                 "fid_sampler": f"{f.every_sampler}{f.every_steps}"})
-        self.log(f"step {self.step}: FID {value:.2f} ({f.every_n} samples, {f.every_sampler} {f.every_steps} steps)")
-        return value
-
-    # ------------------------------------------------------------------ plumbing
-
-    def _progress(self, total: int):
-        if not (self.show_progress and self.dist.is_main):
-            return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        p = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"),
-            TimeRemainingColumn(),
-            transient=False,
-        )
-        self._task = p.add_task("train", total=total, completed=self.step, loss=math.nan)
-        p.start()
-        return p
-
-    def _install_signal_handlers(self) -> dict[int, Any]:
-        previous: dict[int, Any] = {}
-
-        def handler(signum, frame):  # first signal: stop cleanly; second: abort now
-            if self._stop:
-                raise KeyboardInterrupt
-            self._stop = True
-            if self.dist.is_main:
-                self.log("stopping after this step and saving a checkpoint (again to abort)")
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                previous[sig] = signal.signal(sig, handler)
-            except ValueError:  # not the main thread
-                pass
-        return previous
-
-    @staticmethod
-    def _restore_signal_handlers(previous: dict[int, Any]) -> None:
-        for sig, h in previous.items():
-            signal.signal(sig, h)
-
-    def _barrier(self) -> None:
-        if self.dist.enabled and torch.distributed.is_initialized():
-            torch.distributed.barrier()
-
-    def _all_mean(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dist.enabled:
-            x = x.clone()
-            torch.distributed.all_reduce(x)
-            x /= self.dist.world_size
-        return x
-
-    def _any_rank(self, flag: bool) -> bool:
-        if not self.dist.enabled:
-            return flag
-        f = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        torch.distributed.all_reduce(f, op=torch.distributed.ReduceOp.MAX)
-        return bool(f.item() > 0)
+    def _main_log(self, message: str) -> None:
+        if self.dist.is_main:
+            self.log(message)
 
 
-def train(settings: Settings, *, resume: bool = False, log: Callable[[str], None] = print, progress: bool = True) -> TrainResult:
-    """Run a Trainer to the end; under torchrun, also close the process group it opened."""
-    trainer = Trainer(settings, resume=resume, log=log, progress=progress)
-    try:
-        return trainer.run()
-    finally:
-        if getattr(trainer, "owns_process_group", False) and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+def _all_finite(params: Iterable[Tensor]) -> bool:
+    """One host sync for all tensors."""
+    return bool(torch.stack([torch.isfinite(p).all() for p in params]).all())

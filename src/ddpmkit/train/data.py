@@ -1,0 +1,44 @@
+"""The training images of `settings.data`: generated demo faces, or the prepared cache."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from rich.console import Console
+
+from ddpmkit.data import cache
+from ddpmkit.data.loader import ArrayLike
+from ddpmkit.data.prepare import prepare_dataset
+from ddpmkit.data.synthetic import make_faces
+from ddpmkit.settings import DataConfig
+
+
+def load_training_images(data_cfg: DataConfig, log: Callable[[str], None] = print) -> tuple[ArrayLike, dict[str, Any]]:
+    """The uint8 images (N, 3, S, S) in [0, 255] and a description of them (for run.json).
+
+    synthetic: generated faces (a tensor). celeba / folder: the prepared cache, memory-mapped;
+    prepared on first use (its progress on stderr).
+    """
+    if data_cfg.dataset == "synthetic":
+        seed = data_cfg.synthetic_seed
+        images = make_faces(data_cfg.synthetic_count, data_cfg.size, seed=seed)
+        return images, {"dataset": "synthetic", "count": int(images.shape[0]), "size": data_cfg.size, "seed": seed}
+
+    console = Console(stderr=True, highlight=False)
+    result = prepare_dataset(data_cfg, console=console, show_progress=console.is_terminal)
+    if result.reused:
+        log(f"using prepared cache {result.path}")
+    else:
+        log(f"prepared {result.counts['ok']} images into {result.path} (first use)")
+    images = cache.open_images(result.path, mode="c")
+    info = {
+        "dataset": data_cfg.dataset,
+        "count": int(images.shape[0]),
+        "size": int(images.shape[-1]),
+        "cache": str(result.path),
+        "layout": result.layout.kind,
+        "settings": result.index["settings"],
+        "counts": result.counts,
+        "attribute_names": result.index.get("attribute_names", []),
+    }
+    return images, info

@@ -1,0 +1,188 @@
+"""From settings to a running Trainer: `train(settings)` is the one entry point that takes them whole.
+
+    train(settings)
+      build_trainer   validate everything, then build device, data, model, state, periodic work;
+                      nothing is written to the run directory yet, so a failed start leaves none
+      [run-directory lock]
+      Trainer.open    refuse to clobber a run; create it, or load the checkpoint to resume
+      Trainer.run     the loop
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+from torch import nn
+
+from ddpmkit.data.loader import ArrayLike, ImageBatches
+from ddpmkit.device import DistInfo, dist_from_env
+from ddpmkit.errors import DdpmkitError
+from ddpmkit.fid import FidExtractor, FidMonitor, default_reference
+from ddpmkit.nn import count_parameters
+from ddpmkit.schedule import NoiseSchedule
+from ddpmkit.settings import Settings, TrainConfig
+from ddpmkit.train.data import load_training_images
+from ddpmkit.train.periodic import FidProbe, Periodic, PreviewGrids
+from ddpmkit.train.rundir import JsonlLogger, RunDir
+from ddpmkit.train.state import TrainState
+from ddpmkit.train.trainer import Log, Trainer, TrainResult
+
+OnStep = Callable[[Trainer], None]
+
+
+def train(
+    settings: Settings,
+    *,
+    resume: bool = False,
+    log: Log = print,
+    progress: bool = True,
+    dist: Optional[DistInfo] = None,
+    on_step: Iterable[OnStep] = (),
+) -> TrainResult:
+    """Train `settings` into settings.train.run_dir (or continue it: resume=True).
+
+    Under torchrun this joins the process group, and leaves it at the end if it joined it.
+    `on_step` callbacks see the Trainer after every step (they may call `request_stop()`).
+    """
+    dist = dist or dist_from_env()
+    was_joined = dist.joined()
+    try:
+        trainer = build_trainer(settings, dist=dist, log=log, progress=progress, on_step=on_step)
+        # ── RUN-DIRECTORY LOCK (issue 12) ─────────────────────────────────────────────────────
+        # The one place to take it: everything is validated, and nothing in the run directory has
+        # been read or written yet. Take it on the main rank around open() and run() (open() reads
+        # the run's state and creates it) and release it when run() returns or raises. Under DDP
+        # the other ranks must learn of a refusal: agree on it with `dist.any_rank(refused)`
+        # before raising, or they wait forever in open()'s barrier.
+        run_lock = contextlib.nullcontext()
+        with run_lock:
+            trainer.open(resume)
+            return trainer.run()
+    finally:
+        if not was_joined:
+            dist.leave()
+
+
+def build_trainer(
+    settings: Settings,
+    *,
+    dist: Optional[DistInfo] = None,
+    log: Log = print,
+    progress: bool = True,
+    on_step: Iterable[OnStep] = (),
+) -> Trainer:
+    """Validate `settings` and build every piece of the run. Joins the process group under
+    torchrun; reads (or prepares) the data; writes nothing to the run directory."""
+    dist = dist or dist_from_env()
+    s, tc = settings, settings.train
+    main_log: Log = log if dist.is_main else _silent
+    check_settings(s, dist.world_size)
+    device = dist.device(tc.device)
+    dist.join(device)
+    images, data_info = _training_images(s, dist, main_log)
+    batches = ImageBatches(images, tc.batch_size // dist.world_size, device=device, hflip=s.data.hflip,
+                           seed=tc.seed, rank=dist.rank, world_size=dist.world_size)
+    total = total_steps(tc, len(batches))
+    state = TrainState.new(s, device, dist.rank)
+    sched = NoiseSchedule.from_config(s.diffusion).to(device)
+    run_dir = RunDir(tc.run_dir)
+    log_file = JsonlLogger(run_dir.log, tc.tensorboard) if dist.is_main else None
+    periodic = _periodic(s, sched, device, run_dir, log_file, main_log, dist.is_main)
+    run_info = {"device": str(device), "parameters": count_parameters(state.model),
+                "world_size": dist.world_size, **data_info}
+    return Trainer(state, batches, sched, tc, net=_network(state.model, tc, device, dist), total=total,
+                   run_dir=run_dir, run_info=run_info, dist=dist, periodic=periodic, log_file=log_file,
+                   progress=progress, log=log, on_step=on_step)
+
+
+def check_settings(settings: Settings, world_size: int) -> None:
+    """What can be refused before any data is read: one line each."""
+    tc = settings.train
+    settings.check_model()
+    if tc.max_steps is None and tc.epochs is None:
+        raise DdpmkitError("set how long to train: --epochs N or --max-steps N (train.epochs / train.max_steps)")
+    if tc.batch_size % world_size:
+        raise DdpmkitError(f"train.batch_size {tc.batch_size} is not divisible by the {world_size} processes")
+
+
+def check_data(images: ArrayLike, settings: Settings) -> None:
+    """The data fit the model and give at least one global batch."""
+    n, channels = int(images.shape[0]), int(images.shape[1])
+    if channels != settings.model.in_channels:
+        raise DdpmkitError(
+            f"model.in_channels is {settings.model.in_channels} but the training images have {channels} channels"
+        )
+    if n < settings.train.batch_size:
+        raise DdpmkitError(
+            f"dataset has {n} images, fewer than one batch of {settings.train.batch_size}; lower train.batch_size"
+        )
+
+
+def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
+    """The run's length in steps: the smaller of train.max_steps and train.epochs' worth."""
+    limits = [cfg.max_steps] if cfg.max_steps is not None else []
+    if cfg.epochs is not None:
+        limits.append(cfg.epochs * batches_per_epoch)
+    return min(limits)
+
+
+def _training_images(settings: Settings, dist: DistInfo, log: Log) -> tuple[ArrayLike, dict[str, Any]]:
+    """Load and check the data. One process per machine prepares a missing cache; the others
+    wait for it and then find it ready."""
+    if dist.local_rank != 0:
+        dist.barrier()
+    images, info = load_training_images(settings.data, log)
+    if dist.local_rank == 0:
+        dist.barrier()
+    check_data(images, settings)
+    return images, info
+
+
+def _network(model: nn.Module, cfg: TrainConfig, device: torch.device, dist: DistInfo) -> nn.Module:
+    """The model as the loop calls it: DDP-wrapped under torchrun, compiled if asked."""
+    net = model
+    if dist.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return torch.compile(net) if cfg.compile else net
+
+
+def _periodic(
+    s: Settings,
+    sched: NoiseSchedule,
+    device: torch.device,
+    run_dir: RunDir,
+    log_file: Optional[JsonlLogger],
+    log: Log,
+    is_main: bool,
+) -> Periodic:
+    """Preview grids and FID (the jobs on the main rank only; the intervals on all)."""
+    tc, f = s.train, s.fid
+    periodic = Periodic(preview_every=tc.sample_every, fid_every=f.every)
+    if not is_main:
+        return periodic
+    shape = (s.model.in_channels, s.data.size, s.data.size)
+    common = {"shape": shape, "device": device, "precision": tc.precision}
+    if tc.sample_every:
+        periodic.preview = PreviewGrids.make(sched, s.sample, n=tc.num_samples, seed=tc.seed,
+                                             out_dir=run_dir.samples, **common)
+    if f.every and log_file is not None:
+        cfg = s.sample.model_copy(update={"sampler": f.every_sampler, "steps": f.every_steps})
+        periodic.fid = FidProbe(_fid_monitor(s, device), sched, cfg, f.every_n, log_file=log_file, log=log, **common)
+    return periodic
+
+
+def _fid_monitor(settings: Settings, device: torch.device) -> Callable[..., float]:
+    """The FID reference of the training data (its statistics cached under data.cache_dir/fid)."""
+    f = settings.fid
+    extractor = FidExtractor(f.weights, device, f.batch_size, f.verify_weights)
+    reference = default_reference(settings.data, f.ref_split or settings.data.split, f.ref_n)
+    return FidMonitor.for_reference(reference, extractor, f.every_n, Path(settings.data.cache_dir) / "fid")
+
+
+def _silent(message: str) -> None:
+    pass
+

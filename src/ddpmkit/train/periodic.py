@@ -1,0 +1,183 @@
+"""Work between training steps: EMA preview grids, FID, the progress bar, stop signals.
+
+Each piece takes the values it uses (the EMA model, a sampler config, paths), not the settings;
+`launch.py` builds them. Grids and FID run on the main rank only.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import Tensor, nn
+
+from ddpmkit.generate import eps_fn, generate
+from ddpmkit.images import save_grid, to_uint8
+from ddpmkit.samplers import make_sampler
+from ddpmkit.schedule import NoiseSchedule
+from ddpmkit.settings import SampleConfig
+from ddpmkit.train.rundir import JsonlLogger
+
+Shape = tuple[int, int, int]
+
+
+def ema_images(
+    ema_model: nn.Module,
+    sched: NoiseSchedule,
+    cfg: SampleConfig,
+    n: int,
+    shape: Shape,
+    *,
+    seed: int,
+    device: torch.device,
+    precision: str,
+) -> Tensor:
+    """n samples (n, C, H, W) in [-1, 1] from `ema_model` with the sampler `cfg` describes."""
+    was_training = ema_model.training
+    ema_model.eval()
+    try:
+        sampler = make_sampler(sched, cfg)
+        batches = generate(eps_fn(ema_model, device, precision), sampler, n, shape,
+                           seed=seed, batch_size=min(n, cfg.batch_size), device=device)
+        return torch.cat(list(batches))
+    finally:
+        ema_model.train(was_training)
+
+
+@dataclass
+class PreviewGrids:
+    """An EMA sample grid per call, `out_dir/step_N.png`, always from the same noise (seed), so
+    the grids of a run differ only by the model. DDIM with η = 0: fast and deterministic."""
+
+    sched: NoiseSchedule
+    cfg: SampleConfig  # a copy of the run's sample settings, made DDIM by `make`
+    shape: Shape
+    n: int
+    seed: int
+    out_dir: Path
+    device: torch.device
+    precision: str
+
+    @classmethod
+    def make(cls, sched: NoiseSchedule, sample: SampleConfig, **kw: Any) -> "PreviewGrids":
+        cfg = sample.model_copy(update={"sampler": "ddim", "steps": min(50, sched.T), "eta": 0.0})
+        return cls(sched, cfg, **kw)
+
+    def __call__(self, ema_model: nn.Module, step: int) -> Path:
+        x = ema_images(ema_model, self.sched, self.cfg, self.n, self.shape,
+                       seed=self.seed, device=self.device, precision=self.precision)
+        return save_grid(x.cpu(), self.out_dir / f"step_{step:08d}.png")
+
+
+@dataclass
+class FidProbe:
+    """FID of `n` EMA samples (fixed seed 0, a fast sampler), written beside the loss."""
+
+    monitor: Callable[[Iterable[Tensor]], float]  # uint8 batches -> FID against the reference
+    sched: NoiseSchedule
+    cfg: SampleConfig  # sampler and steps of the probe
+    n: int
+    shape: Shape
+    device: torch.device
+    precision: str
+    log_file: JsonlLogger
+    log: Callable[[str], None]
+
+    def __call__(self, ema_model: nn.Module, step: int) -> float:
+        x = ema_images(ema_model, self.sched, self.cfg, self.n, self.shape,
+                       seed=0, device=self.device, precision=self.precision)
+        value = self.monitor(to_uint8(b) for b in x.split(50))
+        name = f"{self.cfg.sampler}{self.cfg.steps}"
+        self.log_file.write({"step": step, "fid": round(value, 4), "fid_n": self.n, "fid_sampler": name})
+        self.log(f"step {step}: FID {value:.2f} ({self.n} samples, {self.cfg.sampler} {self.cfg.steps} steps)")
+        return value
+
+
+@dataclass
+class Periodic:
+    """What runs every so many steps besides checkpoints. The intervals are known on every rank
+    (so all ranks agree when work is due); the jobs exist on the main rank only (None elsewhere)."""
+
+    preview_every: int = 0
+    fid_every: int = 0
+    preview: Optional[PreviewGrids] = None
+    fid: Optional[FidProbe] = None
+
+    def due(self, step: int) -> bool:
+        return _every(step, self.preview_every) or _every(step, self.fid_every)
+
+    def run(self, ema_model: nn.Module, step: int) -> None:
+        if self.preview is not None and _every(step, self.preview_every):
+            self.preview(ema_model, step)
+        if self.fid is not None and _every(step, self.fid_every):
+            self.fid(ema_model, step)
+
+    def final_preview(self, ema_model: nn.Module, step: int) -> None:
+        """The last grid of a run whose length is not a multiple of the preview interval."""
+        if self.preview is not None and self.preview_every and not _every(step, self.preview_every):
+            self.preview(ema_model, step)
+
+
+def _every(step: int, n: int) -> bool:
+    return n > 0 and step % n == 0
+
+
+class ProgressBar:
+    """The rich bar: step/total, the last logged loss, time left."""
+
+    def __init__(self, total: int, step: int) -> None:
+        self._bar = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TimeRemainingColumn(),
+            transient=False,
+        )
+        self._task = self._bar.add_task("train", total=total, completed=step, loss=math.nan)
+        self._bar.start()
+
+    def update(self, step: int, loss: float) -> None:
+        self._bar.update(self._task, completed=step, loss=loss)
+
+    def close(self) -> None:
+        self._bar.stop()
+
+
+class StopSignals:
+    """While active, the first SIGINT/SIGTERM calls `request_stop` (finish the step, save, return);
+    a second one aborts at once (KeyboardInterrupt). Handlers are restored on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, request_stop: Callable[[], None], announce: Callable[[str], None]) -> None:
+        self.request_stop = request_stop
+        self.announce = announce
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.request_stop()
+        self.announce("stopping after this step and saving a checkpoint (again to abort)")
+
+    def __enter__(self) -> "StopSignals":
+        for sig in self.SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals cannot be caught here
+                pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()

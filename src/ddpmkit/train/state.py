@@ -1,0 +1,123 @@
+"""The training state: everything a checkpoint holds to continue a run where it stopped.
+
+The weights go to safetensors (`checkpoint.save_checkpoint`); the rest to `state.pt` as plain
+tensors, numbers and strings: step, epoch, data position, EMA update count, optimizer state,
+the RNG states and the settings. A resumed run follows the uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from ddpmkit import __version__
+from ddpmkit.checkpoint import EMA_FILE, MODEL_FILE, load_state, load_weights, save_checkpoint
+from ddpmkit.errors import DdpmkitError
+from ddpmkit.nn import UNet
+from ddpmkit.settings import Settings, settings_from_dict
+from ddpmkit.train.ema import EMA
+from ddpmkit.train.optim import build_optimizer
+
+# dropout masks must differ between ranks: rank r seeds its CPU/CUDA generators with seed + r * this
+RANK_SEED_STRIDE = 7919
+
+
+@dataclass
+class TrainState:
+    """The model, its EMA, the optimizer, the noise generator and the position in the data."""
+
+    settings: Settings
+    model: nn.Module  # the bare module (no DDP or torch.compile wrapper): what is saved
+    ema: EMA
+    optimizer: torch.optim.Optimizer
+    gen: torch.Generator  # timesteps and noise of every global batch, identical on every rank
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0
+    batch_in_epoch: int = 0  # global batches already taken from the current epoch
+
+    @classmethod
+    def new(cls, settings: Settings, device: torch.device, rank: int = 0) -> "TrainState":
+        """A fresh state: initial weights from train.seed (the same on every rank)."""
+        tc = settings.train
+        torch.manual_seed(tc.seed)
+        model = UNet.from_config(settings.model).to(device)
+        if device.type == "cuda" and tc.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        ema = EMA(model, tc.ema_decay, tc.ema_warmup)
+        optimizer = build_optimizer(model.parameters(), tc, device)
+        gen = torch.Generator(device=device).manual_seed(tc.seed + 1)
+        torch.manual_seed(tc.seed + RANK_SEED_STRIDE * rank)
+        return cls(settings, model, ema, optimizer, gen)
+
+    @property
+    def device(self) -> torch.device:
+        return self.gen.device
+
+    def to_dict(self, world_size: int) -> dict[str, Any]:
+        """What `state.pt` holds (the weights are saved beside it)."""
+        state = {
+            "ddpmkit": __version__,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "world_size": world_size,
+            "ema_updates": self.ema.num_updates,
+            "optimizer": self.optimizer.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_gen": self.gen.get_state(),
+            "settings": json.dumps(self.settings.model_dump(mode="json")),
+        }
+        if self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def save(self, ckpt_root: Path, *, world_size: int, keep: int) -> Path:
+        """Write checkpoints/step_N (atomically) and keep the newest `keep`. Returns its folder."""
+        return save_checkpoint(
+            ckpt_root,
+            model=self.model,
+            ema_model=self.ema.model,
+            state=self.to_dict(world_size),
+            settings=self.settings,
+            step=self.step,
+            keep=keep,
+        )
+
+    def load(self, ckpt: Path, *, rank: int = 0, log: Callable[[str], None] = print) -> None:
+        """Continue from checkpoint folder `ckpt`; refuses one trained as another model."""
+        state = load_state(ckpt)
+        saved = settings_from_dict(json.loads(state["settings"]), str(ckpt))
+        change = architecture_change(saved, self.settings)
+        if change is not None:
+            raise DdpmkitError(f"cannot resume {ckpt}: it was trained with different {change}")
+        same_batch = saved.train.batch_size == self.settings.train.batch_size
+        if not same_batch and rank == 0:
+            log("note: global batch size changed on resume; the data order restarts at the epoch's start")
+        load_weights(self.model, ckpt / MODEL_FILE)
+        load_weights(self.ema.model, ckpt / EMA_FILE)
+        self.ema.num_updates = int(state["ema_updates"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"]) if same_batch else 0
+        torch.set_rng_state(state["rng_cpu"])
+        if self.device.type == "cuda" and "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        self.gen.set_state(state["rng_gen"])
+        if rank != 0:  # the saved CPU state is rank 0's: other ranks need their own dropout masks
+            torch.manual_seed(self.settings.train.seed + RANK_SEED_STRIDE * rank + self.step)
+
+
+def architecture_change(saved: Settings, asked: Settings) -> Optional[str]:
+    """The first model/diffusion setting that differs, as 'section.key (x in the run, y asked)'."""
+    pairs = {"model": (saved.model, asked.model), "diffusion": (saved.diffusion, asked.diffusion)}
+    for section, (was_cfg, now_cfg) in pairs.items():
+        was, now = was_cfg.model_dump(), now_cfg.model_dump()
+        for key, value in now.items():
+            if value != was.get(key):
+                return f"{section}.{key} ({was.get(key)} in the run, {value} asked)"
+    return None
