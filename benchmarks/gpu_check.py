@@ -19,6 +19,7 @@ import argparse
 import datetime
 import os
 import platform
+import resource
 import shutil
 import sys
 import tempfile
@@ -81,7 +82,7 @@ def stage_names(prof: Profile, asked: Optional[str]) -> list[str]:
 def run_stage(ctx: Ctx, name: str) -> Result:
     res = Result(name)
     ctx.ran = None
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), _children_cpu()
     print(f"[gpu_check] {name} ...", flush=True)
     try:
         STAGES[name](ctx, res)
@@ -91,11 +92,16 @@ def run_stage(ctx: Ctx, name: str) -> Result:
     except Exception as e:  # a bug or a surprise in the stage itself: still a FAIL with a reason, never a crash
         res.summary = f"{type(e).__name__}: {e}".splitlines()[0]
         res.log_tail = traceback.format_exc()
-    res.seconds = time.monotonic() - t0
+    res.seconds, res.cpu_seconds = time.monotonic() - t0, round(_children_cpu() - cpu0, 1)
     if res.status != "PASS" and ctx.ran is not None and not res.log_tail:
         res.log_tail = ctx.ran.tail(40)
     print(f"[gpu_check] {name}: {res.status} ({res.seconds:.1f} s) {res.summary}", flush=True)
     return res
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def make_ctx(args: argparse.Namespace, prof: Profile, started: float, full_run: bool) -> Ctx:

@@ -97,7 +97,7 @@ TINY = Profile(
     samplers=(("ddim", 5), ("dpmsolver++", 4)),
     bench_args=("--device", "cpu", "--preset", "demo", "--train-batch", "4", "--train-steps", "1", "--warmup", "1",
                 "--sample-batch", "2", "--sample-steps", "2", "--sample-passes", "1", "--no-demo"),
-    compiled=False, deadline_s=300.0,
+    compiled=False, deadline_s=480.0,  # it took 2-3 min on 2 cores shared with other jobs: room for worse
     caps={"bundle": 30, "wheels": 60, "device": 60, "weights": 30, "pytest": 120, "bench_eager": 120,
           "pack": 60, "train": 90, "sample": 60, "fid": 90},
 )

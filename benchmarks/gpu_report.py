@@ -40,8 +40,8 @@ def markdown(results: list[Result], meta: dict[str, Any], passed: bool) -> str:
         lines.append(f"- Device: {device.summary}")
     if meta.get("mode", "").startswith("tiny"):
         lines.append("- **Dry run with tiny sizes on the CPU: it checks the script, its numbers measure nothing.**")
-    lines += ["", "| stage | result | seconds | summary |", "|---|---|--:|---|"]
-    lines += [f"| {r.name} | {r.status} | {r.seconds:.1f} | {_cell(r.summary)} |" for r in results]
+    lines += ["", "| stage | result | seconds | CPU seconds | summary |", "|---|---|--:|--:|---|"]
+    lines += [f"| {r.name} | {r.status} | {r.seconds:.1f} | {r.cpu_seconds:.1f} | {_cell(r.summary)} |" for r in results]
     reduced = [r for r in results if r.reduced]
     if reduced:
         lines += ["", "Reduced in this mode:", ""] + [f"- {r.name}: {r.reduced}" for r in reduced]

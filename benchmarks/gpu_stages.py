@@ -34,6 +34,7 @@ class Result:
     name: str
     status: str = "FAIL"
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # user + system time of the stage's subprocesses
     summary: str = ""
     details: dict[str, Any] = field(default_factory=dict)
     log_tail: str = ""
@@ -69,7 +70,8 @@ class Ctx:
 
     def manifest(self) -> dict[str, Any]:
         if not (self.main / MANIFEST).is_file():
-            raise StageFailed(f"no bundle at {self.main}: run scripts/gpu_bundle.sh on the CPU machine and carry {self.main.relative_to(REPO) if self.main.is_relative_to(REPO) else self.main}")
+            raise StageFailed(f"no bundle manifest at {self.main / MANIFEST}: run scripts/gpu_bundle.sh on the CPU "
+                              "machine and carry its main folder (README: Checking on a GPU)")
         return read_manifest(self.main)
 
     def timeout(self, stage: str) -> float:
@@ -82,7 +84,8 @@ class Ctx:
         limit = timeout or self.timeout(stage)
         self.ran = run(cmd, self.work / "logs" / f"{stage}.log", limit, self.env(**env))
         if self.ran.timed_out:
-            raise StageFailed(f"{Path(cmd[1]).name if cmd[1] != '-m' else cmd[2]} killed at its time limit of {limit:.0f} s")
+            what = " ".join(Path(c).name for c in cmd[1:4] if len(c) < 80)  # e.g. "-m ddpmkit train"
+            raise StageFailed(f"'{what}' killed at its time limit of {limit:.0f} s")
         return self.ran
 
     def ddpmkit(self, stage: str, *args: str, timeout: Optional[float] = None) -> Ran:
@@ -96,7 +99,8 @@ def stage_bundle(ctx: Ctx, res: Result) -> None:
     """Every piece the bundle's manifest lists is here with its digest."""
     m = ctx.manifest()
     if m["tiny"] != ctx.prof.tiny:
-        raise StageFailed(f"the bundle is {'tiny' if m['tiny'] else 'full-size'} but this check is {'tiny' if ctx.prof.tiny else 'full-size'}: rebuild it")
+        kind = {True: "tiny", False: "full-size"}
+        raise StageFailed(f"the bundle is {kind[m['tiny']]} but this check is {kind[ctx.prof.tiny]}: rebuild the bundle")
     problems = []
     digest, count, _ = folder_digest(ctx.main / PACK_IMAGES) if (ctx.main / PACK_IMAGES).is_dir() else ("", 0, 0)
     if (digest, count) != (m["pack"]["files_sha256"], m["pack"]["count"]):

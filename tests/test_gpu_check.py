@@ -29,8 +29,7 @@ DRY_RUN_STAGES = ["bundle", "wheels", "device", "weights", "pytest", "bench_eage
 
 
 def _env(root: Path, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("OUT", None)
+    env = {k: v for k, v in os.environ.items() if k not in ("OUT", "DDPMKIT_GPU_CHECK_STAGES", "DDPMKIT_GPU_CHECK_TESTS")}
     env.update(
         PYTHON=sys.executable, DDPMKIT_GPU_CHECK_TINY="1", DDPMKIT_DATA_ROOT=str(SHARED / "celeba"),
         DDPMKIT_FID_WEIGHTS=str(WEIGHTS), DDPMKIT_GPU_BUNDLE=str(root / "bundle"),
@@ -76,7 +75,7 @@ def test_the_dry_run_passes_every_stage_and_reports_it(dry_run):
     for name in DRY_RUN_STAGES:
         assert f"[gpu_check] {name}: PASS" in check.stdout
     md = (out / "gpu_check.md").read_text()
-    assert "| train | PASS |" in md and "all stages passed" in md and "Dry run" in md
+    assert "| train | PASS |" in md and "all stages passed" in md and "Dry run" in md and "## fid: PASS" in md
     # the device calls the bundle plans fit the device tool, and call 1's piece came through the staging folder
     manifest = json.loads((root / "bundle" / "main" / "manifest.json").read_text())
     assert len(manifest["calls"]) == 2 and all(c["bytes"] <= gpu_common.LIMIT_BYTES for c in manifest["calls"])
