@@ -186,16 +186,18 @@ def test_leftovers_of_killed_prepares_are_removed_in_one_line(tmp_path):
     host = socket.gethostname()
     dead = _temporary(cache, "dead", {"pid": _dead_pid(), "host": host})
     old = _temporary(cache, "old", None, age_s=3600)  # made before owners were recorded
-    live = _temporary(cache, "live", {"pid": os.getpid(), "host": host})  # another prepare, running
+    live = _temporary(cache, "live", {"pid": os.getpid(), "host": host, "time": time.time()})  # running
+    # the builder's PID now belongs to a process that started after the record: the builder is gone
+    reused = _temporary(cache, "reused", {"pid": os.getpid(), "host": host, "time": time.time() - 10**6})
     young = _temporary(cache, "young", None)  # one that is just starting
     foreign = _temporary(cache, "foreign", {"pid": 7, "host": "elsewhere-9"})
     out = io.StringIO()
     res = _prepare(_official(tmp_path / "r"), cache, console=Console(file=out, width=400))
     assert res.counts["ok"] == len(FIRST)
-    assert not dead.exists() and not old.exists()  # before: kept forever
+    assert not dead.exists() and not old.exists() and not reused.exists()  # before: kept forever
     assert live.exists() and young.exists() and foreign.exists()
     notes = [ln for ln in out.getvalue().splitlines() if ln.startswith("note:")]
-    assert notes[0] == f"note: removed 2 leftover temporaries of killed prepares from {cache} (2.0 MiB)"
+    assert notes[0] == f"note: removed 3 leftover temporaries of killed prepares from {cache} (3.0 MiB)"
     assert "left 1 temporaries" in notes[1] and "PID 7 on host elsewhere-9" in notes[1]
     assert not (res.path / P.OWNER).exists()  # the finished cache does not name a builder
 

@@ -12,8 +12,9 @@ device (os error 28)") or as torch's `RuntimeError` from its archive writer ("un
 "file write failed"); all three are recognised.
 
 `ulimit -f`: the kernel sends SIGXFSZ to a process that writes past the limit, and its default
-action kills the process with no message. `atomic_path` sets SIGXFSZ to "ignore" (once, from the
-main thread), so such a write fails with EFBIG instead and is reported like any other.
+action kills the process with no message. CPython ignores SIGXFSZ at start-up; `atomic_path`
+makes sure it still is (an embedding application or a library may have restored the default),
+so such a write fails with EFBIG and is reported like any other.
 """
 
 from __future__ import annotations

@@ -81,13 +81,26 @@ def _command() -> str:
 
 
 def owner_record() -> dict[str, Any]:
-    """This process as {"pid", "host", "since", "command"} (JSON-ready)."""
+    """This process as {"pid", "host", "since", "time", "command"} (JSON-ready)."""
     return {
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "since": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "time": time.time(),
         "command": _command(),
     }
+
+
+def _process_start(pid: int) -> Optional[float]:
+    """When process `pid` started (Unix time, ~10 ms), from /proc; None where there is no /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ticks = int(stat[stat.rindex(")") + 2:].split()[19])  # field 22, starttime; the name may hold spaces
+        boot = next(float(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines()
+                    if ln.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def pid_alive(pid: int) -> bool:
@@ -112,7 +125,12 @@ def owner_state(record: dict[str, Any]) -> OwnerState:
         return "unknown"
     if host != socket.gethostname():
         return "elsewhere"
-    return "running" if pid_alive(pid) else "gone"
+    if not pid_alive(pid):
+        return "gone"
+    started, recorded = _process_start(pid), record.get("time")
+    if started is not None and isinstance(recorded, (int, float)) and started > recorded + 2.0:
+        return "gone"  # that PID now belongs to a process started after the record was written
+    return "running"
 
 
 def describe_owner(record: dict[str, Any]) -> str:
