@@ -307,8 +307,8 @@ class RunLock:
                 f"checked from host {socket.gethostname()}; if that training is no longer running, "
                 f"delete {self.path} and start again"
             )
-        return (f"note: took over the lock of run directory {self.run_dir} from {describe_owner(previous)}, "
-                f"which is no longer running")
+        gone = "which is no longer running" if owner_state(previous) != "running" else "which no longer holds it"
+        return f"note: took over the lock of run directory {self.run_dir} from {describe_owner(previous)}, {gone}"
 
 
 __all__ = ["RunLock", "LOCK_NAME", "owner_record", "owner_state", "describe_owner", "read_record", "pid_alive"]
