@@ -6,10 +6,11 @@ Runs `python -m ddpmkit train` (a tiny 16x16 model on generated faces, a checkpo
 in a child process, kills it with SIGKILL at a random moment, then starts it again with
 `--resume`, N times; finally it lets one resumed run finish. By default 20 % of the kills strike
 during start-up, 30 % are aimed at a checkpoint write (0-5 ms after its temporary folder
-appears), the rest at a uniformly random time in the first 4 s of training. After every kill it checks the checkpoints on disk.
+appears), the rest at a uniformly random time in the first 4 s of training. After every kill it
+checks the checkpoints on disk.
 
 Prints and (with --results) writes:
-- resumed: restarts that came back at the step of the newest complete checkpoint (0 if none yet);
+- resumed: restarts that came back at the step of the checkpoint `latest` names (0 if none yet);
 - corrupted: checkpoint folders under their final name that do not load (safetensors weights,
   `torch.load(weights_only=True)` state, the step inside matching the folder name), and a
   `latest` pointer naming a missing checkpoint;

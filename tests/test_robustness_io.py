@@ -215,6 +215,6 @@ def test_leftovers_of_killed_writers_are_removed_and_a_moved_aside_folder_restor
     # atomic_path itself puts a moved-aside folder back before writing the same name again
     (ck / "step_00000002").rename(ck / ".step_00000002.old")
     with pytest.raises(RuntimeError):
-        with atomic_path(ck / "step_00000002") as tmp:
+        with atomic_path(ck / "step_00000002"):
             raise RuntimeError("killed")
     assert (ck / "step_00000002" / "state.pt").read_text() == "previous"
