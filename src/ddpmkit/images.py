@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from ddpmkit.data.crops import crop_box
+from ddpmkit.data.crops import crop_box, to_rgb
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.io_utils import atomic_path
 
@@ -128,9 +128,10 @@ def save_gif(
 def load_image(path: Path | str, size: int | None = None) -> Tensor:
     """Read an image file as (1, 3, S, S) float32 in [-1, 1].
 
-    The largest centred square is cropped, then resized to size x size with Lanczos
-    (antialiased); size=None keeps the crop's own side. Raises DdpmkitError naming the path
-    if it is missing or not a readable image.
+    Decoded like `prepare` (`data.crops.to_rgb`): EXIF orientation applied, 16-bit grayscale
+    scaled to 8 bits, transparency composited on white. The largest centred square is cropped,
+    then resized to size x size with Lanczos (antialiased); size=None keeps the crop's own side.
+    Raises DdpmkitError naming the path if it is missing or not a readable image.
     """
     path = Path(path)
     if not path.exists():
@@ -140,13 +141,12 @@ def load_image(path: Path | str, size: int | None = None) -> Tensor:
     try:
         with Image.open(path) as im:
             im.load()  # decode now, so a truncated file fails here and not later
-            img = im.convert("RGB")
+            img = center_square(to_rgb(im))  # inside `with`: to_rgb may return `im` itself
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         if isinstance(e, UnidentifiedImageError):
             reason = "not a readable image file"
         raise DdpmkitError(f"cannot read image {path}: {reason}") from None
-    img = center_square(img)
     if size is not None and img.width != size:
         img = img.resize((size, size), Image.Resampling.LANCZOS)
     arr = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float()

@@ -10,13 +10,25 @@ Three layouts are recognised from a root folder, in this order:
 - ``folder``: any image files below the root (recursive); no split, no attributes.
 
 Images are matched to partition and attribute rows by base name (``000001.jpg``).
+
+Odd entries: every name with an image extension is a candidate, whatever it is on disk. One
+that cannot be an image (a dangling symbolic link, a symbolic-link loop, a folder named
+``x.jpg`` in a non-recursive layout, a FIFO) is skipped by `prepare` like a corrupt image and
+listed in its report.txt with the reason from `file_problem`; a plain folder dataset descends
+into every folder, whatever its name. File names need not be UTF-8: they are handled as the
+bytes the file system gives (``surrogateescape``). Metadata files must be UTF-8 (a leading
+byte-order mark is fine); other bytes, or two lines giving one image different splits, are
+an error naming the line.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import errno
 import hashlib
 import os
+import stat
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +95,39 @@ def _has_image_files(folder: Path, recursive: bool) -> bool:
                 return True
         return False
     with os.scandir(folder) as it:
-        return any(e.is_file() and _is_image_name(e.name) for e in it)
+        return any(_is_image_name(e.name) and _is_file(e) for e in it)
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:  # a symbolic-link loop raises instead of answering False
+        return False
+
+
+def file_problem(path: str | Path) -> Optional[str]:
+    """Why `path` cannot be an image file, in words, or None when it is a regular file.
+
+    Dangling or looping symbolic links, folders, FIFOs, sockets and devices are named here
+    (and never opened: reading a FIFO would block forever).
+    """
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if os.path.islink(path):
+            try:
+                target = os.readlink(path)
+            except OSError:
+                target = "?"
+            return f"dangling symbolic link (its target {target} does not exist)"
+        return e.strerror or str(e)
+    if stat.S_ISDIR(st.st_mode):
+        return "a folder named like an image, not an image file"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file (a FIFO, socket or device)"
+    return None
 
 
 def _first(candidates: list[Path]) -> Optional[Path]:
@@ -154,26 +198,52 @@ def list_images(layout: Layout) -> list[str]:
                     out.append(f if rel == "." else f"{Path(rel).as_posix()}/{f}")
         return sorted(out)
     with os.scandir(layout.images) as it:
-        return sorted(e.name for e in it if _is_image_name(e.name) and e.is_file())
+        # odd entries too (dangling links, folders named x.jpg): prepare reports them, see above
+        return sorted(e.name for e in it if _is_image_name(e.name))
 
 
 def base_name(name: str) -> str:
     return name.rsplit("/", 1)[-1]
 
 
-def read_partition(path: Path) -> dict[str, int]:
-    """`file -> 0 (train) / 1 (val) / 2 (test)` from list_eval_partition.txt or .csv."""
-    out: dict[str, int] = {}
+def read_text_lines(path: Path, what: str) -> list[str]:
+    """The lines of a UTF-8 text file (a leading byte-order mark dropped, CRLF accepted).
+
+    Raises DdpmkitError naming `what`, the file and the line for unreadable or non-UTF-8 files.
+    """
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as e:
-        raise DdpmkitError(f"cannot read partition file {path}: {e.strerror or e}") from e
+        raise DdpmkitError(f"cannot read {what} {path}: {e.strerror or e}") from e
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]  # else the first entry's name would start with U+FEFF
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        utf16 = " (it is UTF-16)" if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else ""
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DdpmkitError(
+            f"{what} {path} line {line} is not UTF-8 text{utf16} (byte 0x{data[e.start]:02x}); "
+            f"save it as UTF-8 or fetch a fresh copy"
+        ) from None
+    lines = text.split("\n")  # not splitlines(): line numbers must match the file's
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+
+
+def read_partition(path: Path) -> dict[str, int]:
+    """`file -> 0 (train) / 1 (val) / 2 (test)` from list_eval_partition.txt or .csv.
+
+    A repeated line is fine; two lines giving one file different splits are an error.
+    """
+    out: dict[str, int] = {}
+    first: dict[str, int] = {}  # file -> the line that gave its split
+    lines = read_text_lines(path, "partition file")
     if path.suffix.lower() == ".csv":
-        rows = csv.reader(text.splitlines())
+        rows = csv.reader(lines)
         next(rows, None)  # header: image_id,partition
         items = ((i + 2, r) for i, r in enumerate(rows))
     else:
-        items = ((i + 1, ln.split()) for i, ln in enumerate(text.splitlines()))
+        items = ((i + 1, ln.split()) for i, ln in enumerate(lines))
     for lineno, parts in items:
         if not parts:
             continue
@@ -183,7 +253,12 @@ def read_partition(path: Path) -> dict[str, int]:
             raise DdpmkitError(f"partition file {path} line {lineno} is not 'file split': {parts!r}") from None
         if code not in SPLIT_NAMES or code < 0:
             raise DdpmkitError(f"partition file {path} line {lineno}: split {code} is not 0, 1 or 2")
-        out[name] = code
+        if out.setdefault(name, code) != code:
+            raise DdpmkitError(
+                f"partition file {path} line {lineno} puts {name} in split {code}, but line "
+                f"{first[name]} put it in split {out[name]}; keep one line per image"
+            )
+        first.setdefault(name, lineno)
     return out
 
 
@@ -216,10 +291,9 @@ class AttributeTable:
 
 
 def read_attributes(path: Path) -> AttributeTable:
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as e:
-        raise DdpmkitError(f"cannot read attribute file {path}: {e.strerror or e}") from e
+    lines = read_text_lines(path, "attribute file")
+    while lines and not lines[-1].strip():
+        lines.pop()  # the file's final newline
     if path.suffix.lower() == ".csv":
         if not lines:
             raise DdpmkitError(f"attribute file {path} is empty")
@@ -256,18 +330,22 @@ def source_fingerprint(layout: Layout, names: list[str]) -> str:
     Any added, removed, replaced or touched image gives a new fingerprint, hence a new cache.
     """
     h = hashlib.sha256()
-    h.update(layout.kind.encode())
+
+    def add(text: str) -> None:  # file names need not be UTF-8: keep their bytes
+        h.update(text.encode("utf-8", "surrogateescape"))
+
+    add(layout.kind)
     for p in (layout.partition, layout.attributes):
-        h.update(repr(_stat_key(p) if p else None).encode())
+        add(repr(_stat_key(p) if p else None))
     if layout.kind == "official-zip":
-        h.update(repr(_stat_key(layout.images)).encode())
-        h.update("\n".join(names).encode())
+        add(repr(_stat_key(layout.images)))
+        add("\n".join(names))
     else:
-        h.update(str(layout.images.resolve()).encode())
+        add(str(layout.images.resolve()))
         for n in names:
             try:
                 st = os.stat(layout.images / n)
-                h.update(f"{n}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                add(f"{n}\0{st.st_size}\0{st.st_mtime_ns}\n")
             except OSError:
-                h.update(f"{n}\0missing\n".encode())
+                add(f"{n}\0missing\n")
     return h.hexdigest()

@@ -24,6 +24,11 @@ has at least `size` pixels; the DCT-domain reduction is close to a k x k mean (u
 255 apart), so the result stays within ~2 levels (mean) of the full-resolution path. The ddim and
 center140 boxes start on odd pixels, so 178x218 images decode at full resolution for them
 (a half-pixel-shifted draft would blur); ``full`` and large images (1024 px folders) use it.
+JPEGs with an EXIF rotation decode at full resolution (their box is known only after rotating).
+
+Pixels: `to_rgb` is the one decode of every command (prepare here, noise-demo through
+`images.load_image`): EXIF orientation applied, 16-bit grayscale scaled to 8 bits (not
+clipped), transparent pixels composited on white.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from __future__ import annotations
 from typing import IO, Union
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ddpmkit.errors import DdpmkitError
 
@@ -41,6 +46,10 @@ CELEBA_W, CELEBA_H = 178, 218
 _BOXES = {"ddim": (25, 57, 128), "center140": (19, 39, 140)}
 
 Box = tuple[int, int, int, int]
+ORIENTATION = 0x0112  # the EXIF tag
+BACKGROUND = (255, 255, 255)  # what transparent pixels become
+_SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+_ALPHA = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 
 
 def _center_square(width: int, height: int) -> Box:
@@ -78,7 +87,7 @@ def draft_scale(box: Box, size: int) -> int:
 
 
 def load_square(source: Union[str, IO[bytes]], crop: str, size: int) -> np.ndarray:
-    """Decode, crop and resize one image. Returns (3, size, size) uint8 in [0, 255].
+    """Decode (`to_rgb`), crop and resize one image. Returns (3, size, size) uint8 in [0, 255].
 
     Raises whatever PIL raises for corrupt, truncated or non-image files (the caller counts them).
     """
@@ -86,14 +95,17 @@ def load_square(source: Union[str, IO[bytes]], crop: str, size: int) -> np.ndarr
         width, height = im.size
         box = crop_box(crop, width, height)
         scale = 1.0
-        if im.format == "JPEG":
+        # a rotated JPEG's box is only known after the rotation: decode those at full size
+        if im.format == "JPEG" and im.getexif().get(ORIENTATION, 1) == 1:
             k = draft_scale(box, size)
             if k > 1:
                 got = im.draft("RGB", (width // k, height // k))
                 if got is not None:
                     scale = width / got[1][2]  # the factor libjpeg actually used
         im.load()  # decodes; raises for truncated or corrupt data
-        rgb = im if im.mode == "RGB" else im.convert("RGB")  # L/CMYK/P/RGBA -> RGB
+        rgb = to_rgb(im)
+        if rgb.size != (width, height) and scale == 1.0:  # EXIF rotated it
+            box = crop_box(crop, *rgb.size)
         fbox = tuple(c / scale for c in box)
         side = fbox[2] - fbox[0]
         if all(float(c).is_integer() for c in fbox) and side >= size and side % size == 0:
@@ -104,3 +116,31 @@ def load_square(source: Union[str, IO[bytes]], crop: str, size: int) -> np.ndarr
             resample = Image.Resampling.LANCZOS if side >= size else Image.Resampling.BICUBIC
             out = rgb.resize((size, size), resample=resample, box=fbox)
     return np.asarray(out, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """A decoded PIL image as 8-bit RGB: the one way `prepare` and `noise-demo` read pixels.
+
+    - EXIF orientation is applied (a photo stored sideways comes out upright);
+    - 16-bit grayscale (modes I;16*, and I taken as 16-bit) is scaled, v -> round(v / 257),
+      so 65535 -> 255 and the mean is kept (PIL's own conversion clips it to almost white);
+    - transparency (RGBA, LA, PA, or P/L/RGB with a transparent colour) is composited on
+      white, `BACKGROUND`, so colour hidden under transparent pixels never shows;
+    - other modes (L, 1, P, CMYK, YCbCr) are converted by PIL.
+    Raises ValueError for modes with no fixed 8-bit meaning (F, 32-bit float; LAB; HSV).
+    """
+    if im.getexif().get(ORIENTATION, 1) != 1:
+        ImageOps.exif_transpose(im, in_place=True)
+    if im.mode == "RGB" and "transparency" not in im.info:
+        return im
+    if im.mode in _SIXTEEN_BIT:
+        v = np.asarray(im).astype(np.float32)
+        return Image.fromarray(np.clip(np.rint(v / 257.0), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if im.mode in ("F", "LAB", "HSV"):
+        raise ValueError(f"image mode {im.mode} has no 8-bit RGB meaning; save it as 8- or 16-bit RGB or grayscale")
+    if im.mode in _ALPHA or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        out = Image.new("RGB", im.size, BACKGROUND)
+        out.paste(rgba, mask=rgba.getchannel("A"))  # straight alpha: a*fg + (1 - a)*bg
+        return out
+    return im.convert("RGB")

@@ -6,16 +6,23 @@ cache with that key, or build one in a temporary folder with a process pool over
 and rename it into place. index.json records the identity under "data", so FID can pick the cache
 made from the training data (fid/sources.py).
 
+Files that are not images (corrupt, truncated, empty, dangling or looping symbolic links,
+folders named x.jpg, FIFOs) are skipped and listed with the reason in the cache's report.txt.
+A temporary names its builder (``PREPARING``: PID, host, start); at start, prepare deletes the
+temporaries of builders that are gone (killed) and says so in one line.
+
 Torch is never imported here: the workers need only PIL and numpy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import io
 import json
 import multiprocessing as mp
 import os
+import shutil
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -33,6 +40,7 @@ from ddpmkit.data.celeba import (
     Layout,
     base_name,
     detect_layout,
+    file_problem,
     list_images,
     read_attributes,
     read_partition,
@@ -41,11 +49,14 @@ from ddpmkit.data.celeba import (
 from ddpmkit.data.crops import load_square
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.io_utils import atomic_path, write_text_atomic
+from ddpmkit.runlock import describe_owner, owner_record, owner_state, read_record
 
 if TYPE_CHECKING:
     from ddpmkit.settings import DataConfig
 
 CHUNK = 64  # images per task: ~30 ms of work, small enough for a smooth progress bar
+OWNER = "PREPARING"  # in a temporary being built: who builds it (runlock.owner_record)
+GRACE_S = 60.0  # a temporary with no readable owner this young may be one just starting
 
 
 @dataclass
@@ -76,7 +87,15 @@ def _open_source(kind: str, images: str, name: str):
         if zf is None:
             zf = _ZIPS[images] = zipfile.ZipFile(images)
         return io.BytesIO(zf.read(name))  # PIL needs a seekable file
-    return os.path.join(images, name)
+    path = os.path.join(images, name)
+    problem = file_problem(path)  # before opening: a FIFO would block forever
+    if problem:
+        raise _NotAnImage(problem)
+    return path
+
+
+class _NotAnImage(Exception):
+    """A directory entry that cannot be an image; the message is the reason for the report."""
 
 
 def _process_chunk(task: tuple[str, str, list[str], str, int]) -> tuple[np.ndarray, list[bool], list[tuple[str, str]]]:
@@ -92,7 +111,8 @@ def _process_chunk(task: tuple[str, str, list[str], str, int]) -> tuple[np.ndarr
             out[k] = load_square(_open_source(kind, images, name), crop, size)
         except Exception as e:  # corrupt, truncated, empty, not an image, unreadable
             ok.append(False)
-            reason = f"{type(e).__name__}: {e}".replace("\n", " ").replace("\t", " ")
+            reason = str(e) if isinstance(e, _NotAnImage) else f"{type(e).__name__}: {e}"
+            reason = reason.replace("\n", " ").replace("\t", " ")
             skipped.append((name, reason[:200]))
             continue
         ok.append(True)
@@ -211,6 +231,7 @@ def prepare_dataset(
     """
     console = console or Console(stderr=True, highlight=False)
     t0 = time.perf_counter()
+    remove_leftovers(Path(cfg.cache_dir), console)
     layout = find_layout(cfg)
     console.print(f"found {layout.describe()}")
     all_names = list_images(layout)
@@ -228,10 +249,12 @@ def prepare_dataset(
     workers = resolve_workers(cfg.workers)
     with atomic_path(final) as tmp:
         tmp.mkdir()
+        (tmp / OWNER).write_text(json.dumps(owner_record()) + "\n")
         index = _build(tmp, layout, names, codes, attrs, settings, key, workers, console, show_progress)
         index["notes"] = notes
         index["data"] = data
         write_text_atomic(tmp / C.INDEX, json.dumps(index))
+        (tmp / OWNER).unlink()
         (tmp / C.MARKER).write_text(key + "\n")  # last: its presence means "complete"
     return PrepareResult(final, layout, False, index, notes, time.perf_counter() - t0)
 
@@ -343,4 +366,49 @@ def _write_report(path: Path, layout: Layout, counts: dict[str, Any], skipped: I
         )
     lines.append("# skipped files (name<TAB>reason):")
     lines.extend(f"{name}\t{reason}" for name, reason in skipped)
-    path.write_text("\n".join(lines) + "\n")
+    # a file name that is not UTF-8 is written back as the bytes it has on disk
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogateescape")
+
+
+def remove_leftovers(cache_dir: Path, console: Console) -> list[Path]:
+    """Delete the temporaries that killed prepares left in `cache_dir`; print one line saying so.
+
+    A temporary whose builder still runs on this host is kept, and so is one built on another
+    host (its builder cannot be checked from here: the line says to delete it by hand).
+    Returns the removed paths.
+    """
+    removed, foreign, freed = [], [], 0
+    for tmp in C.stale_temporaries(cache_dir):
+        record = read_record(tmp / OWNER) if tmp.is_dir() else {}
+        state = owner_state(record)
+        if state == "unknown":  # written before owners were recorded, or killed at its first step
+            with contextlib.suppress(OSError):
+                state = "gone" if time.time() - tmp.stat().st_mtime > GRACE_S else "running"
+        if state == "elsewhere":
+            foreign.append((tmp, record))
+        elif state == "gone":
+            freed += _tree_size(tmp)
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    if removed:
+        what = "temporary" if len(removed) == 1 else "temporaries"
+        console.print(f"note: removed {len(removed)} leftover {what} of killed prepares from {cache_dir} "
+                      f"({freed / 2**20:.1f} MiB)", markup=False)
+    if foreign:
+        console.print(f"note: left {len(foreign)} temporaries in {cache_dir} alone, e.g. {foreign[0][0].name} "
+                      f"of {describe_owner(foreign[0][1])}; delete them if no prepare runs there", markup=False)
+    return removed
+
+
+def _tree_size(path: Path) -> int:
+    if not path.is_dir():
+        return path.stat().st_size if path.exists() else 0
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+    return total
