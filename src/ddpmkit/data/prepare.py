@@ -8,26 +8,24 @@ made from the training data (fid/sources.py).
 
 Files that are not images (corrupt, truncated, empty, dangling or looping symbolic links,
 folders named x.jpg, FIFOs) are skipped and listed with the reason in the cache's report.txt.
-A temporary names its builder (``PREPARING``: PID, host, start); at start, prepare deletes the
-temporaries of builders that are gone (killed) and says so in one line.
+A temporary names its builder; at start, prepare deletes the temporaries of builders that are
+gone (killed) and says so in one line (`data.leftovers`).
 
 Torch is never imported here: the workers need only PIL and numpy.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import io
 import json
 import multiprocessing as mp
 import os
-import shutil
 import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import numpy as np
 from numpy.lib.format import open_memmap
@@ -47,16 +45,15 @@ from ddpmkit.data.celeba import (
     source_fingerprint,
 )
 from ddpmkit.data.crops import load_square
+from ddpmkit.data.leftovers import OWNER, mark_owner, remove_leftovers
+from ddpmkit.data.prepare_records import make_counts, save_attributes, source_record, write_report
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.io_utils import atomic_path, write_text_atomic
-from ddpmkit.runlock import describe_owner, owner_record, owner_state, read_record
 
 if TYPE_CHECKING:
     from ddpmkit.settings import DataConfig
 
 CHUNK = 64  # images per task: ~30 ms of work, small enough for a smooth progress bar
-OWNER = "PREPARING"  # in a temporary being built: who builds it (runlock.owner_record)
-GRACE_S = 60.0  # a temporary with no readable owner this young may be one just starting
 
 
 @dataclass
@@ -249,7 +246,7 @@ def prepare_dataset(
     workers = resolve_workers(cfg.workers)
     with atomic_path(final) as tmp:
         tmp.mkdir()
-        (tmp / OWNER).write_text(json.dumps(owner_record()) + "\n")
+        mark_owner(tmp)
         index = _build(tmp, layout, names, codes, attrs, settings, key, workers, console, show_progress)
         index["notes"] = notes
         index["data"] = data
@@ -257,6 +254,17 @@ def prepare_dataset(
         (tmp / OWNER).unlink()
         (tmp / C.MARKER).write_text(key + "\n")  # last: its presence means "complete"
     return PrepareResult(final, layout, False, index, notes, time.perf_counter() - t0)
+
+
+@dataclass
+class _Decoded:
+    """What `_decode_all` wrote: `ok` images, from the positions `kept` of the name list, in order."""
+
+    ok: int
+    kept: list[int]
+    skipped: list[tuple[str, str]]  # (name, reason)
+    seconds: float
+    workers: int
 
 
 def _build(
@@ -271,25 +279,54 @@ def _build(
     console: Console,
     show_progress: bool,
 ) -> dict[str, Any]:
+    """Fill the temporary cache folder `tmp` (images, attributes, report); returns its index."""
+    decoded = _decode_all(tmp, layout, names, settings, workers, console, show_progress)
+    kept_names = [names[i] for i in decoded.kept]
+    counts = make_counts(codes, decoded.kept, len(decoded.skipped), decoded.seconds, decoded.workers)
+    attr_names = save_attributes(tmp, attrs, kept_names, counts) if attrs is not None else []
+    write_report(tmp / C.REPORT, layout, counts, decoded.skipped)
+    return {
+        "format": C.FORMAT_VERSION,
+        "key": key,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "settings": settings,
+        "source": source_record(layout),
+        "shape": [decoded.ok, 3, settings["size"], settings["size"]],
+        "dtype": "uint8",
+        "counts": counts,
+        "attribute_names": attr_names,
+        "files": kept_names,
+        "split": [codes[i] for i in decoded.kept],
+    }
+
+
+def _decode_all(
+    tmp: Path,
+    layout: Layout,
+    names: list[str],
+    settings: dict[str, Any],
+    workers: int,
+    console: Console,
+    show_progress: bool,
+) -> _Decoded:
+    """Decode, crop and resize `names` into tmp/images.npy, (ok, 3, S, S) uint8, with a process
+    pool and a progress bar. Raises DdpmkitError when not one image could be read."""
     size, n = settings["size"], len(names)
     images = open_memmap(tmp / C.IMAGES, mode="w+", dtype=np.uint8, shape=(n, 3, size, size))
     tasks = [(layout.kind, str(layout.images), chunk, settings["crop"], size) for chunk in _chunks(names, CHUNK)]
-    workers = min(workers, len(tasks))
-    kept: list[int] = []  # positions in `names` of the images written, in order
-    skipped: list[tuple[str, str]] = []
-    w = 0
+    out = _Decoded(0, [], [], 0.0, min(workers, len(tasks)))
     start = time.perf_counter()
-    pool = _make_pool(workers) if workers > 1 else None
+    pool = _make_pool(out.workers) if out.workers > 1 else None
     try:
         # imap keeps task order, so the cache order is the sorted file order for any worker count
         results = pool.imap(_process_chunk, tasks) if pool else map(_process_chunk, tasks)
         with _progress(console, show_progress) as bar:
-            job = bar.add_task(f"prepare {size}px {settings['crop']} ({workers} proc)", total=n, rate="")
+            job = bar.add_task(f"prepare {size}px {settings['crop']} ({out.workers} proc)", total=n, rate="")
             for ci, (arr, ok, bad) in enumerate(results):
-                images[w : w + len(arr)] = arr
-                w += len(arr)
-                kept.extend(ci * CHUNK + j for j, flag in enumerate(ok) if flag)
-                skipped.extend(bad)
+                images[out.ok : out.ok + len(arr)] = arr
+                out.ok += len(arr)
+                out.kept.extend(ci * CHUNK + j for j, flag in enumerate(ok) if flag)
+                out.skipped.extend(bad)
                 done = min(n, (ci + 1) * CHUNK)
                 rate = done / max(time.perf_counter() - start, 1e-9)
                 bar.update(job, completed=done, rate=f"{rate:,.0f} img/s")
@@ -299,116 +336,18 @@ def _build(
         if pool:
             pool.terminate()  # on error or Ctrl-C: no orphan workers
             pool.join()
-    seconds = time.perf_counter() - start
+    out.seconds = time.perf_counter() - start
     images.flush()
     del images
-    if w == 0:
-        first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+    if out.ok == 0:
+        first = f" (first: {out.skipped[0][0]}: {out.skipped[0][1]})" if out.skipped else ""
         raise DdpmkitError(f"none of the {n} images in {layout.images} could be read{first}")
-    if w < n:
-        C.shrink_npy(tmp / C.IMAGES, w)
-
-    kept_names = [names[i] for i in kept]
-    counts: dict[str, Any] = {
-        "candidates": n,
-        "ok": w,
-        "skipped": len(skipped),
-        "per_split": {s: sum(codes[i] == c for i in kept) for s, c in SPLIT_CODES.items()},
-        "seconds": round(seconds, 3),
-        "images_per_second": round(n / max(seconds, 1e-9), 1),
-        "workers": workers,
-    }
-    counts["per_split"]["none"] = sum(codes[i] < 0 for i in kept)
-    attr_names: list[str] = []
-    if attrs is not None:
-        table = np.zeros((w, len(attrs.names)), dtype=np.int8)  # 0 = no row in the file
-        missing = 0
-        for row, name in enumerate(kept_names):
-            v = attrs.get(base_name(name))
-            if v is None:
-                missing += 1
-            else:
-                table[row] = v
-        np.save(tmp / C.ATTRIBUTES, table, allow_pickle=False)
-        attr_names = attrs.names
-        counts.update(attributes_missing=missing, attributes_rows=attrs.rows, attributes_declared=attrs.declared)
-    _write_report(tmp / C.REPORT, layout, counts, skipped)
-    return {
-        "format": C.FORMAT_VERSION,
-        "key": key,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "settings": settings,
-        "source": {
-            "layout": layout.kind,
-            "root": str(layout.root.resolve()),
-            "images": str(layout.images.resolve()),
-            "partition": str(layout.partition.resolve()) if layout.partition else None,
-            "attributes": str(layout.attributes.resolve()) if layout.attributes else None,
-        },
-        "shape": [w, 3, size, size],
-        "dtype": "uint8",
-        "counts": counts,
-        "attribute_names": attr_names,
-        "files": kept_names,
-        "split": [codes[i] for i in kept],
-    }
+    if out.ok < n:
+        C.shrink_npy(tmp / C.IMAGES, out.ok)
+    return out
 
 
-def _write_report(path: Path, layout: Layout, counts: dict[str, Any], skipped: Iterable[tuple[str, str]]) -> None:
-    lines = [
-        f"# ddpmkit prepare report: {layout.describe()}",
-        f"# candidates {counts['candidates']}, ok {counts['ok']}, skipped {counts['skipped']}",
-    ]
-    if "attributes_missing" in counts:
-        lines.append(
-            f"# attributes: {counts['attributes_missing']} images have no row "
-            f"(file declares {counts['attributes_declared']}, has {counts['attributes_rows']} rows)"
-        )
-    lines.append("# skipped files (name<TAB>reason):")
-    lines.extend(f"{name}\t{reason}" for name, reason in skipped)
-    # a file name that is not UTF-8 is written back as the bytes it has on disk
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogateescape")
-
-
-def remove_leftovers(cache_dir: Path, console: Console) -> list[Path]:
-    """Delete the temporaries that killed prepares left in `cache_dir`; print one line saying so.
-
-    A temporary whose builder still runs on this host is kept, and so is one built on another
-    host (its builder cannot be checked from here: the line says to delete it by hand).
-    Returns the removed paths.
-    """
-    removed, foreign, freed = [], [], 0
-    for tmp in C.stale_temporaries(cache_dir):
-        record = read_record(tmp / OWNER) if tmp.is_dir() else {}
-        state = owner_state(record)
-        if state == "unknown":  # written before owners were recorded, or killed at its first step
-            with contextlib.suppress(OSError):
-                state = "gone" if time.time() - tmp.stat().st_mtime > GRACE_S else "running"
-        if state == "elsewhere":
-            foreign.append((tmp, record))
-        elif state == "gone":
-            freed += _tree_size(tmp)
-            if tmp.is_dir():
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    if removed:
-        what = "temporary" if len(removed) == 1 else "temporaries"
-        console.print(f"note: removed {len(removed)} leftover {what} of killed prepares from {cache_dir} "
-                      f"({freed / 2**20:.1f} MiB)", markup=False)
-    if foreign:
-        console.print(f"note: left {len(foreign)} temporaries in {cache_dir} alone, e.g. {foreign[0][0].name} "
-                      f"of {describe_owner(foreign[0][1])}; delete them if no prepare runs there", markup=False)
-    return removed
-
-
-def _tree_size(path: Path) -> int:
-    if not path.is_dir():
-        return path.stat().st_size if path.exists() else 0
-    total = 0
-    for dirpath, _, files in os.walk(path):
-        for f in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, f)).st_size
-    return total
+__all__ = [
+    "CHUNK", "PrepareResult", "data_identity", "expected_identity", "find_layout", "prepare_dataset",
+    "resolve_workers", "OWNER", "remove_leftovers",  # the last two are data.leftovers'
+]
