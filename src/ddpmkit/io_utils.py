@@ -15,10 +15,14 @@ device (os error 28)") or as torch's `RuntimeError` from its archive writer ("un
 action kills the process with no message. CPython ignores SIGXFSZ at start-up; `atomic_path`
 makes sure it still is (an embedding application or a library may have restored the default),
 so such a write fails with EFBIG and is reported like any other.
+
+Also here: `remove_leftovers` (what killed writers left), `read_text_lines` (UTF-8 text files
+users edit, with the line of a bad byte in the error).
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import os
@@ -228,3 +232,28 @@ def free_dir(base: Path | str) -> Path:
     while (cand := base.with_name(f"{base.name}-{k}")).exists():
         k += 1
     return cand
+
+
+def read_text_lines(path: Path | str, what: str) -> list[str]:
+    """The lines of a UTF-8 text file (a leading byte-order mark dropped, CRLF accepted).
+
+    Raises DdpmkitError naming `what`, the file and the line for unreadable or non-UTF-8 files.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DdpmkitError(f"cannot read {what} {path}: {e.strerror or e}") from e
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]  # else the first entry's name would start with U+FEFF
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        utf16 = " (it is UTF-16)" if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else ""
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DdpmkitError(
+            f"{what} {path} line {line} is not UTF-8 text{utf16} (byte 0x{data[e.start]:02x}); "
+            f"save it as UTF-8 or fetch a fresh copy"
+        ) from None
+    lines = text.split("\n")  # not splitlines(): line numbers must match the file's
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]

@@ -8,6 +8,7 @@ Every section forbids unknown keys, so a typo is an error that names the key.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
@@ -15,10 +16,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ddpmkit.errors import DdpmkitError
+from ddpmkit.io_utils import read_text_lines
 
 PRESET_DIR = Path(__file__).parent / "presets"
 DEFAULT_PRESET = "demo"
 DATA_ROOT_ENV = "DDPMKIT_DATA_ROOT"
+MAX_SEED = 2**63 - 1  # torch seeds are 64-bit; seed + rank offsets must stay below 2**64
 
 
 class _Section(BaseModel):
@@ -129,7 +132,7 @@ class TrainConfig(_Section):
     grad_clip: float = Field(1.0, ge=0.0, description="max gradient norm; 0 = off")
     ema_decay: float = Field(0.9999, ge=0.0, lt=1.0)
     ema_warmup: bool = Field(True, description="use min(decay, (1+n)/(10+n)) so early EMA is not stuck at init")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool = False
     channels_last: bool = Field(True, description="channels_last memory format on CUDA")
@@ -153,7 +156,7 @@ class SampleConfig(_Section):
     clip_x0: bool = True
     n: int = Field(16, ge=1)
     batch_size: int = Field(64, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     use_ema: bool = True
     out_dir: Path = Path("outputs/samples")
     gif_frames: int = Field(40, ge=2)
@@ -205,7 +208,7 @@ class Settings(_Section):
         return self
 
     def check_model(self) -> None:
-        """Raise DdpmkitError (one line) unless the model fits the data's image size.
+        """Raise DdpmkitError (one line) unless the model fits the data's image size and can be trained.
 
         Checked where a model is built (train, inspect), not on load: `prepare --size 64` with a
         32 px preset needs no model."""
@@ -213,6 +216,9 @@ class Settings(_Section):
             self.model.check_size(self.data.size)
         except ValueError as e:
             raise DdpmkitError(f"bad setting {e} (preset {self.preset!r})") from None
+        if self.model.cond_dim:
+            raise DdpmkitError(f"model.cond_dim {self.model.cond_dim}: conditional training is not implemented yet; "
+                               "use model.cond_dim=0")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -231,7 +237,7 @@ def read_yaml(path: Path, what: str) -> dict[str, Any]:
     if path.is_dir():
         raise DdpmkitError(f"{what} is a directory, not a YAML file: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load("\n".join(read_text_lines(path, what)))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -244,6 +250,9 @@ def read_yaml(path: Path, what: str) -> dict[str, Any]:
 
 
 def preset_dict(name: str) -> dict[str, Any]:
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise DdpmkitError(f"--preset takes a preset name ({', '.join(available_presets())}), not {name!r}; "
+                           "give a settings file with --config")
     path = PRESET_DIR / f"{name}.yaml"
     if not path.exists():
         raise DdpmkitError(f"unknown preset '{name}'; choose one of: {', '.join(available_presets())}")

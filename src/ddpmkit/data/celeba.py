@@ -23,7 +23,6 @@ an error naming the line.
 
 from __future__ import annotations
 
-import codecs
 import csv
 import errno
 import hashlib
@@ -37,6 +36,7 @@ from typing import Literal, Optional
 import numpy as np
 
 from ddpmkit.errors import DdpmkitError
+from ddpmkit.io_utils import read_text_lines
 
 LayoutKind = Literal["official", "official-zip", "kaggle", "folder"]
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
@@ -204,30 +204,6 @@ def list_images(layout: Layout) -> list[str]:
 
 def base_name(name: str) -> str:
     return name.rsplit("/", 1)[-1]
-
-
-def read_text_lines(path: Path, what: str) -> list[str]:
-    """The lines of a UTF-8 text file (a leading byte-order mark dropped, CRLF accepted).
-
-    Raises DdpmkitError naming `what`, the file and the line for unreadable or non-UTF-8 files.
-    """
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise DdpmkitError(f"cannot read {what} {path}: {e.strerror or e}") from e
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8):]  # else the first entry's name would start with U+FEFF
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        utf16 = " (it is UTF-16)" if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else ""
-        line = data.count(b"\n", 0, e.start) + 1
-        raise DdpmkitError(
-            f"{what} {path} line {line} is not UTF-8 text{utf16} (byte 0x{data[e.start]:02x}); "
-            f"save it as UTF-8 or fetch a fresh copy"
-        ) from None
-    lines = text.split("\n")  # not splitlines(): line numbers must match the file's
-    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
 
 
 def read_partition(path: Path) -> dict[str, int]:
