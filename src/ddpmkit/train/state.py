@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ddpmkit import __version__
-from ddpmkit.checkpoint import EMA_FILE, MODEL_FILE, load_state, load_weights, save_checkpoint
+from ddpmkit.checkpoint import EMA_FILE, MODEL_FILE, STATE_FILE, load_state, load_weights, save_checkpoint
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.nn import UNet
 from ddpmkit.settings import Settings, settings_from_dict
@@ -39,6 +39,7 @@ class TrainState:
     step: int = 0  # optimizer steps taken
     epoch: int = 0
     batch_in_epoch: int = 0  # global batches already taken from the current epoch
+    resumed_from: Optional[Settings] = None  # after load(): the settings the checkpoint was saved with
 
     @classmethod
     def new(cls, settings: Settings, device: torch.device, rank: int = 0) -> "TrainState":
@@ -91,7 +92,7 @@ class TrainState:
     def load(self, ckpt: Path, *, rank: int = 0, log: Callable[[str], None] = print) -> None:
         """Continue from checkpoint folder `ckpt`; refuses one trained as another model."""
         state = load_state(ckpt)
-        saved = settings_from_dict(json.loads(state["settings"]), str(ckpt))
+        saved = _saved_settings(state["settings"], ckpt)
         change = architecture_change(saved, self.settings)
         if change is not None:
             raise DdpmkitError(f"cannot resume {ckpt}: it was trained with different {change}")
@@ -100,16 +101,45 @@ class TrainState:
             log("note: global batch size changed on resume; the data order restarts at the epoch's start")
         load_weights(self.model, ckpt / MODEL_FILE)
         load_weights(self.ema.model, ckpt / EMA_FILE)
-        self.ema.num_updates = int(state["ema_updates"])
+        try:
+            self._restore(state, same_batch)
+        except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise DdpmkitError(f"cannot resume {ckpt}: its {STATE_FILE} does not fit this run ({reason})") from None
+        self.resumed_from = saved
+        if rank != 0:  # the saved CPU state is rank 0's: other ranks need their own dropout masks
+            torch.manual_seed(self.settings.train.seed + RANK_SEED_STRIDE * rank + self.step)
+
+    def _restore(self, state: dict[str, Any], same_batch: bool) -> None:
+        """Counters, optimizer and RNG states from a `load_state` dict (raises on ill-typed values)."""
+        self.ema.num_updates = _count(state["ema_updates"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.step, self.epoch = int(state["step"]), int(state["epoch"])
-        self.batch_in_epoch = int(state["batch_in_epoch"]) if same_batch else 0
+        self.step, self.epoch = _count(state["step"]), _count(state["epoch"])
+        self.batch_in_epoch = _count(state["batch_in_epoch"]) if same_batch else 0
         torch.set_rng_state(state["rng_cpu"])
         if self.device.type == "cuda" and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
         self.gen.set_state(state["rng_gen"])
-        if rank != 0:  # the saved CPU state is rank 0's: other ranks need their own dropout masks
-            torch.manual_seed(self.settings.train.seed + RANK_SEED_STRIDE * rank + self.step)
+
+
+def _count(value: Any) -> int:
+    """A non-negative whole number saved as an int (or a 0-d integer tensor)."""
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_floating_point():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise TypeError(f"a count is {type(value).__name__} {str(value)[:40]}, not a whole number")
+    return value
+
+
+def _saved_settings(text: Any, ckpt: Path) -> Settings:
+    """The settings JSON a checkpoint's state holds, as Settings; one line if it is not that."""
+    try:
+        data = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise DdpmkitError(f"cannot resume {ckpt}: the settings in its {STATE_FILE} are not a JSON object")
+    return settings_from_dict(data, f"{ckpt / STATE_FILE}")
 
 
 def architecture_change(saved: Settings, asked: Settings) -> Optional[str]:
