@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
@@ -25,6 +24,7 @@ from ddpmkit.nn import count_parameters
 from ddpmkit.schedule import NoiseSchedule
 from ddpmkit.settings import Settings, TrainConfig
 from ddpmkit.train.data import load_training_images
+from ddpmkit.train.guard import RunGuard
 from ddpmkit.train.periodic import FidProbe, Periodic, PreviewGrids
 from ddpmkit.train.rundir import JsonlLogger, RunDir
 from ddpmkit.train.state import TrainState
@@ -56,10 +56,11 @@ def train(
         # been read or written yet. Take it on the main rank around open() and run() (open() reads
         # the run's state and creates it) and release it when run() returns or raises. Under DDP
         # the other ranks must learn of a refusal: agree on it with `dist.any_rank(refused)`
-        # before raising, or they wait forever in open()'s barrier.
-        run_lock = contextlib.nullcontext()
+        # before raising, or they wait forever in open()'s barrier. (train/guard.py)
+        run_lock = RunGuard(trainer, log)
         with run_lock:
             trainer.open(resume)
+            run_lock.opened(resume)
             return trainer.run()
     finally:
         if not was_joined:

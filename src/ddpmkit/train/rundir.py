@@ -22,6 +22,7 @@ from ddpmkit.errors import DdpmkitError
 from ddpmkit.io_utils import write_text_atomic
 from ddpmkit.settings import Settings
 from ddpmkit.checkpoint import latest_checkpoint
+from ddpmkit.train.logfile import LogFile
 
 
 class RunDir:
@@ -84,7 +85,7 @@ class JsonlLogger:
         self._tb: Any = None
 
     def _open(self) -> None:
-        self._fh = open(self.path, "a", buffering=1)
+        self._fh = LogFile(self.path)  # unbuffered; a failed append is one line (train/logfile.py)
         if self.tensorboard:
             try:
                 # optional: the tensorboard package is not a dependency
