@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from ddpmkit.cli.fid_cmd import fid
@@ -11,6 +13,7 @@ from ddpmkit.cli.prepare_cmd import prepare
 from ddpmkit.cli.report_cmd import report
 from ddpmkit.cli.sample_cmd import sample
 from ddpmkit.cli.train_cmd import train
+from ddpmkit.io_utils import ignore_sigxfsz
 
 app = typer.Typer(
     name="ddpmkit",
@@ -29,7 +32,12 @@ app.command()(report)
 
 
 def main() -> None:
-    app()
+    ignore_sigxfsz()  # a write past `ulimit -f` then fails with one line instead of killing us
+    try:
+        app()
+    except KeyboardInterrupt:  # Ctrl-C outside a command's own handler (start-up): no traceback
+        sys.stderr.write("interrupted\n")
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -87,6 +87,8 @@ def sample(
 def _output_folder(out: Optional[Path], force: bool, default: Path) -> Path:
     """--out (refused if it holds files, unless --force), else a fresh folder named after the run."""
     if out is not None:
+        if out.exists() and not out.is_dir():
+            raise DdpmkitError(f"--out {out} is a file, not a folder; choose another --out")
         if out.exists() and any(out.iterdir()) and not force:
             raise DdpmkitError(f"output folder {out} already holds files; pass --force or choose another --out")
         out_dir = out
