@@ -11,6 +11,8 @@ from ddpmkit.samplers.ddim import DDIMSampler
 from ddpmkit.samplers.ddpm import DDPMSampler
 from ddpmkit.samplers.dpm_solver import DPMSolverPPSampler
 from ddpmkit.samplers.loop import StepCallback, sample
+from ddpmkit.samplers.noise import Noise, PerImageNoise, image_seed
+from ddpmkit.samplers.respace import SPACINGS
 from ddpmkit.schedule import NoiseSchedule
 
 if TYPE_CHECKING:
@@ -28,6 +30,11 @@ def default_steps(sampler: str, T: int) -> int:
     return T if sampler == "ddpm" else min(50, T)
 
 
+def default_spacing(sampler: str) -> str:
+    """The spacing a sampler uses when none is asked for (measured on the Gaussian fixture)."""
+    return SAMPLERS[sampler].default_spacing
+
+
 def make_sampler(sched: NoiseSchedule, cfg: "SampleConfig") -> Sampler:
     """Build the sampler that `cfg.sampler` names, set to `cfg.steps` steps (None: the default)."""
     if cfg.sampler not in SAMPLERS:
@@ -41,11 +48,16 @@ __all__ = [
     "DDIMSampler",
     "DDPMSampler",
     "DPMSolverPPSampler",
+    "Noise",
+    "PerImageNoise",
     "SAMPLERS",
+    "SPACINGS",
     "Sampler",
     "StepCallback",
     "StepOutput",
+    "default_spacing",
     "default_steps",
+    "image_seed",
     "make_sampler",
     "sample",
 ]
