@@ -141,7 +141,7 @@ class SampleConfig(_Section):
     steps: Optional[int] = Field(None, ge=1, description="network calls; None = T for ddpm, 50 otherwise")
     spacing: Optional[Literal["uniform", "trailing", "leading", "quadratic"]] = Field(
         None, description="which training steps to visit (uniform = diffusers' linspace); None = the "
-        "sampler's default, measured (today uniform for every sampler)"
+        "sampler's default, chosen by measurement (trailing for every sampler today)"
     )
     eta: float = Field(0.0, ge=0.0, description="DDIM stochasticity: 0 = deterministic, 1 = DDPM-like")
     variance: Literal["fixed_small", "fixed_large"] = "fixed_small"

@@ -27,7 +27,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
 
 def default_steps(sampler: str, T: int) -> int:
     """Network calls when none are asked for: all T for DDPM (Algorithm 2), else min(50, T)."""
-    return T if sampler == "ddpm" else min(50, T)
+    return SAMPLERS[sampler].steps_for(T)
 
 
 def default_spacing(sampler: str) -> str:
@@ -40,7 +40,7 @@ def make_sampler(sched: NoiseSchedule, cfg: "SampleConfig") -> Sampler:
     if cfg.sampler not in SAMPLERS:
         raise DdpmkitError(f"unknown sampler '{cfg.sampler}'; choose one of: {', '.join(SAMPLERS)}")
     sampler = SAMPLERS[cfg.sampler].from_config(sched, cfg)
-    sampler.set_timesteps(cfg.steps or default_steps(cfg.sampler, sched.T))
+    sampler.set_timesteps(cfg.steps)
     return sampler
 
 

@@ -26,14 +26,15 @@ class DDIMSampler(Sampler):
 
     name = "ddim"
     default_steps = 50
-    default_spacing = "uniform"  # measured: the most accurate at 50 steps (the default); trailing at <= 10
+    default_spacing = "trailing"  # measured (benchmarks/results_sampler_accuracy.md)
 
     def __init__(
         self, sched: NoiseSchedule, spacing: str | None = None, eta: float = 0.0, x0: X0Mode | bool = "clip_eps"
     ) -> None:
         super().__init__(sched, spacing, x0)
         self.eta = float(eta)
-        self._a = torch.ones(1, dtype=sched.alphas_cumprod.dtype, device=sched.device)
+        # per-step tables, set by set_timesteps: ᾱ (N+1,), σ_t (N,), the coefficient of ε̂ (N,)
+        self._a = self._sigma = self._dir = torch.empty(0)
 
     @classmethod
     def from_config(cls, sched: NoiseSchedule, cfg) -> "DDIMSampler":  # cfg: settings.SampleConfig

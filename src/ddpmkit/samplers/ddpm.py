@@ -21,7 +21,8 @@ class DDPMSampler(Sampler):
     """x0: see `diffusion.x0_and_eps`; the posterior mean uses x̂_0 alone, so clip = clip_eps."""
 
     name = "ddpm"
-    default_spacing = "uniform"  # at T steps every spacing is all steps; for fewer see the README
+    default_steps = None  # all T (Algorithm 2)
+    default_spacing = "trailing"  # at T steps every spacing is all steps; measured for fewer
 
     def __init__(
         self,
@@ -31,7 +32,6 @@ class DDPMSampler(Sampler):
         x0: X0Mode | bool = "clip_eps",
     ) -> None:
         super().__init__(sched, spacing, x0)
-        self.default_steps = sched.T
         self.variance = variance
         self.respaced = sched
 
