@@ -72,7 +72,9 @@ class StrictDevice(TorchDispatchMode):
             asked is not None and torch.device(asked).type == self.dut
         )
         if on_dut and self.dut != "cpu" and func not in TRANSFERS:
-            checked = [a for a in tree_flatten(args[:1] + args[2:])[0] if isinstance(a, torch.Tensor)] if func in INDEXING else tensors
+            checked = tensors
+            if func in INDEXING:  # every argument but the indices (the second)
+                checked = [a for a in tree_flatten(args[:1] + args[2:])[0] if isinstance(a, torch.Tensor)]
             cpu = [tuple(t.shape) for t in checked if t.device.type == "cpu" and t.dim() > 0]
             if cpu:
                 raise DeviceMixError(f"{func} mixes CPU tensors {cpu} with {self.dut} tensors")
@@ -329,7 +331,8 @@ class _TinyInception(torch.nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.blocks = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=8), torch.nn.AdaptiveAvgPool2d(1))])
+        block = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=8), torch.nn.AdaptiveAvgPool2d(1))
+        self.blocks = torch.nn.ModuleList([block])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         from pytorch_fid.inception import InceptionV3

@@ -25,7 +25,8 @@ def stand_in_eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 def images(sampler_cfg: SampleConfig, n: int, batch_size: int, seed: int = 3, first: int = 0) -> torch.Tensor:
     sampler = make_sampler(NoiseSchedule.from_betas(linear_betas(T)), sampler_cfg)
-    batches = generate(stand_in_eps, sampler, n, SHAPE, seed=seed, batch_size=batch_size, device=torch.device("cpu"), first=first)
+    batches = generate(stand_in_eps, sampler, n, SHAPE, seed=seed, batch_size=batch_size,
+                       device=torch.device("cpu"), first=first)
     return torch.cat(list(batches))
 
 

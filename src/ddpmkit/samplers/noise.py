@@ -55,7 +55,9 @@ class PerImageNoise:
 Noise = Optional[Union[torch.Generator, PerImageNoise]]
 
 
-def randn(shape: Sequence[int], generator: Noise, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Tensor:
+def randn(
+    shape: Sequence[int], generator: Noise, device: torch.device | str, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """Standard normal noise of `shape` on `device` from any `Noise` source."""
     if isinstance(generator, PerImageNoise):
         out = generator.randn(shape, dtype)
