@@ -147,16 +147,41 @@ class SampleConfig(_Section):
 
     sampler: Literal["ddpm", "ddim", "dpmsolver++"] = "ddpm"
     steps: Optional[int] = Field(None, ge=1, description="network calls; None = T for ddpm, 50 otherwise")
-    spacing: Literal["uniform", "quadratic", "trailing"] = "uniform"
+    spacing: Optional[Literal["uniform", "trailing", "leading", "quadratic"]] = Field(
+        None, description="which training steps to visit (uniform = diffusers' linspace); None = the "
+        "sampler's default, chosen by measurement (trailing for every sampler today)"
+    )
     eta: float = Field(0.0, ge=0.0, description="DDIM stochasticity: 0 = deterministic, 1 = DDPM-like")
     variance: Literal["fixed_small", "fixed_large"] = "fixed_small"
-    clip_x0: bool = True
+    x0: Literal["none", "clip", "clip_eps", "dynamic"] = Field(
+        "clip_eps",
+        description="what samplers do with the predicted x_0: none; clip to [-1, 1]; clip and recompute "
+        "eps from it (clip_eps); dynamic thresholding (Saharia et al. 2022, p = 0.995)",
+    )
     n: int = Field(16, ge=1)
     batch_size: int = Field(64, ge=1)
-    seed: int = 0
+    seed: int = Field(0, description="image i of seed s is the same for any n, batch size or device")
     use_ema: bool = True
     out_dir: Path = Path("outputs/samples")
     gif_frames: int = Field(40, ge=2)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _clip_x0_alias(cls, data: Any) -> Any:
+        """`clip_x0: bool`, the older setting (stored in checkpoints), means x0 clip_eps / none.
+        Given, it overrides x0: it can only come from old settings or a user who typed it."""
+        if isinstance(data, dict) and "clip_x0" in data:
+            data = dict(data)
+            flag = data.pop("clip_x0")
+            if not isinstance(flag, bool):
+                raise ValueError(f"clip_x0 must be true or false (got {flag!r}); prefer x0: none|clip|clip_eps|dynamic")
+            data["x0"] = "clip_eps" if flag else "none"
+        return data
+
+    @property
+    def clip_x0(self) -> bool:
+        """The older flag, read-only: whether x_0 is clamped in any way."""
+        return self.x0 != "none"
 
 
 FID_WEIGHTS_ENV = "DDPMKIT_FID_WEIGHTS"
