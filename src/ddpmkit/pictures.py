@@ -118,3 +118,27 @@ def forward_strip(sched: NoiseSchedule, x0: Tensor, noise: Tensor, ts: Sequence[
     """The labelled strip of x_t at each t in ts, each with its noise level √(1-ᾱ_t)."""
     levels = [float(sched.sqrt_one_minus_alphas_cumprod[t]) for t in ts]
     return noise_strip(forward_samples(sched, x0, noise, ts), ts, levels)
+
+
+# PLACEHOLDER (replaced at merge by the pictures engineer's version)
+from pathlib import Path  # noqa: E402
+
+from ddpmkit.images import make_grid_image, save_gif, upscale_nearest  # noqa: E402
+
+
+class DenoiseRecorder:
+    """A sampling callback that keeps up to `frames` grids of x_t (x_T first) of the first
+    `max_images` images, evenly spaced over the steps; `save` writes them as a GIF."""
+
+    def __init__(self, timesteps: Sequence[int], alphas_cumprod: Tensor, frames: int = 40, max_images: int = 16) -> None:
+        n = len(timesteps)
+        self.keep = set(torch.linspace(-1, n - 1, min(frames, n + 1)).round().long().tolist())
+        self.max_images = max_images
+        self.frames: list[Image.Image] = []
+
+    def __call__(self, i: int, t: int, x: Tensor, x0: Tensor | None) -> None:
+        if i in self.keep:
+            self.frames.append(upscale_nearest(make_grid_image(x[: self.max_images].clamp(-1, 1).cpu()), 256))
+
+    def save(self, path: Path) -> Path:
+        return save_gif(self.frames, path)
