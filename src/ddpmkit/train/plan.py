@@ -153,7 +153,8 @@ def choose_preset(data: DataConfig, machine: str, size: Optional[int] = None, da
         found = f"{name_of} prepared at {size} px ({c.path.name})"
     else:
         size = size or DEFAULT_SIZE[machine]
-        found = f"{name_of} in {data.root}, not prepared yet: {size} px on a {machine.upper()} (prepared first)"
+        where = f"{name_of} in {data.root}" if here else f"--dataset {kind} from {data.root}"
+        found = f"{where}, not prepared yet: {size} px on a {machine.upper()} (prepared first)"
     name, why = preset_for(size, machine, kind)
     fit, note = fit_to_size(name, size)
     patch = deep_merge(fit, patch)

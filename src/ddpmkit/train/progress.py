@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from rich.console import Console
+
 from ddpmkit.progress import Mode, Progress, fmt_duration, make_console
 
 Log = Callable[[str], None]
@@ -35,15 +37,17 @@ class Plan:
         preset = f"preset {self.preset}" if self.preset else "no preset"
         why = f" ({self.why})" if self.why else ""
         steps = f"steps {self.start:,} → {self.total:,}" if self.start else f"{self.total:,} steps"
+        epochs = f"{self.epochs:,.0f}" if self.epochs >= 100 else f"{self.epochs:.3g}"
         return (f"training {self.parameters / 1e6:.2f}M parameters, {preset}{why} · data: {self.data} · "
-                f"batch {self.batch_size} · {steps} ({self.epochs:.3g} epochs) · device {self.device}")
+                f"batch {self.batch_size} · {steps} ({epochs} epochs) · device {self.device}")
 
     def eta_lines(self, seconds_per_step: float, step: int, measured_over: tuple[int, int]) -> list[str]:
         """The ETA line, and on a CPU a warning when the rest of the run takes too long."""
         left = seconds_per_step * (self.total - step)
         a, b = measured_over
+        over = f"step {b}" if b == a + 1 else f"steps {a + 1}-{b}"
         lines = [f"ETA {fmt_duration(left)} for the remaining {self.total - step:,} steps "
-                 f"({seconds_per_step:.3g} s/step over steps {a + 1}-{b}; previews and checkpoints not counted)"]
+                 f"({seconds_per_step:.3g} s/step over {over}; previews and checkpoints not counted)"]
         if self.device.startswith("cpu") and left > CPU_PATIENCE_S:
             if self.cpu_alternative:
                 instead = f"use --preset {self.cpu_alternative} for a CPU, or a GPU"
@@ -88,13 +92,13 @@ class StepClock:
 class TrainProgress:
     """The bar or the plain lines of one run, and its ETA (announced once measured)."""
 
-    def __init__(self, plan: Plan, mode: Mode | bool, log: Log) -> None:
+    def __init__(self, plan: Plan, mode: Mode | bool, log: Log, console: Optional[Console] = None) -> None:
         self.plan, self.log = plan, log
         self.clock = StepClock()
         self._progress: Optional[Progress] = None
         if mode is not False and mode != "off":
-            self._progress = Progress("train", plan.total, done=plan.start, mode=mode, console=make_console(),
-                                      print_line=log, info="loss —")
+            self._progress = Progress("train", plan.total, done=plan.start, mode=mode,
+                                      console=console or make_console(), print_line=log, info="loss —")
 
     def stepped(self, step: int) -> None:
         if self._progress is not None:
