@@ -69,9 +69,6 @@ def sample(
     # lazy: torch and the model code load when the command runs, not for `ddpmkit --help`
     from ddpmkit.checkpoint import load_model, resolve_checkpoint
     from ddpmkit.device import resolve_device
-    from ddpmkit.generate import eps_fn, generate
-    from ddpmkit.pictures import DenoiseRecorder
-    from ddpmkit.progress import Progress
     from ddpmkit.samplers import make_sampler
     from ddpmkit.schedule import NoiseSchedule
 
@@ -95,25 +92,35 @@ def sample(
     console.print(f"sampling {cfg.n:,} images with {cfg.sampler} ({cfg.steps} steps) on {dev} from step {step:,}"
                   f" into {out_dir}", markup=False)
     out_dir.mkdir(parents=True, exist_ok=True)
+    shape = (settings.model.in_channels, settings.data.size, settings.data.size)
+    writer = SampleWriter(out_dir, cfg.n, scale)
+    draw(model, smp, sched.alphas_cumprod, cfg, shape, dev, writer, gif=gif, progress=progress)
+    files = "grid.png, images/" + (", denoise.gif" if gif else "")
+    console.print(f"wrote {cfg.n:,} images in {time.perf_counter() - writer.t0:.1f}s to {out_dir} ({files})",
+                  markup=False, soft_wrap=True)
+
+
+def draw(model: Any, smp: Any, alphas_cumprod: "Tensor", cfg: "SampleConfig", shape: tuple[int, int, int],
+         dev: Any, writer: "SampleWriter", *, gif: bool, progress: bool) -> None:
+    """Sample cfg.n images batch by batch into `writer`, with progress; Ctrl-C keeps what is written."""
+    from ddpmkit.generate import eps_fn, generate
+    from ddpmkit.pictures import DenoiseRecorder
+    from ddpmkit.progress import Progress
 
     n_batches = -(-cfg.n // cfg.batch_size)
     bar = Progress("sample", n_batches * len(smp.timesteps), mode="auto" if progress else "off", console=console,
                    info=f"images 0/{cfg.n:,}")
-    writer = SampleWriter(out_dir, cfg.n, scale)
-    recorder = DenoiseRecorder(smp.timesteps.tolist(), sched.alphas_cumprod, cfg.gif_frames) if gif else None
+    recorder = DenoiseRecorder(smp.timesteps.tolist(), alphas_cumprod, cfg.gif_frames) if gif else None
     eps = counted(eps_fn(model, dev), lambda calls: writer.report(bar, calls))
-    batches = generate(eps, smp, cfg.n, (settings.model.in_channels, settings.data.size, settings.data.size),
-                       seed=cfg.seed, batch_size=cfg.batch_size, device=dev, callback=recorder)
+    batches = generate(eps, smp, cfg.n, shape, seed=cfg.seed, batch_size=cfg.batch_size, device=dev,
+                       callback=recorder)
     try:
         writer.write_all(batches, recorder, bar)
     except KeyboardInterrupt:
         bar.close()
-        console.print(f"interrupted: {writer.done:,} images written to {out_dir}", markup=False)
+        console.print(f"interrupted: {writer.done:,} images written to {writer.out_dir}", markup=False)
         raise typer.Exit(130) from None
     bar.close()
-    files = "grid.png, images/" + (", denoise.gif" if gif else "")
-    console.print(f"wrote {cfg.n:,} images in {time.perf_counter() - writer.t0:.1f}s to {out_dir} ({files})",
-                  markup=False, soft_wrap=True)
 
 
 def check_options(cfg: "SampleConfig", scale: Optional[int]) -> None:

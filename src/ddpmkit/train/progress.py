@@ -61,9 +61,11 @@ class Plan:
 
 class StepClock:
     """Seconds per step, measured once: from the end of the first step (which pays for warm-up)
-    until at least 3 steps and 2 s have passed (or 30 s, or 50 steps)."""
+    until at least 3 steps and 2 s have passed (or 30 s, or 50 steps). `sync` waits for queued
+    device work (CUDA runs ahead of the host); it is called only at the two ends."""
 
-    def __init__(self) -> None:
+    def __init__(self, sync: Callable[[], None] = lambda: None) -> None:
+        self.sync = sync
         self._start: Optional[tuple[float, int]] = None
         self._excluded = 0.0  # seconds of previews and checkpoints inside the window
         self.measured: Optional[tuple[float, int, int]] = None  # (s/step, from step, to step)
@@ -77,24 +79,27 @@ class StepClock:
         """Call after each step; returns the measurement once, when it completes."""
         if self.measured is not None:
             return None
-        now = time.perf_counter()
         if self._start is None:
-            self._start = (now, step)
+            self.sync()
+            self._start = (time.perf_counter(), step)
             return None
         t0, s0 = self._start
-        n, elapsed = step - s0, now - t0 - self._excluded
-        if (n >= 3 and elapsed >= 2.0) or elapsed >= 30.0 or n >= 50:
-            self.measured = (elapsed / n, s0, step)
-            return self.measured
-        return None
+        n, elapsed = step - s0, time.perf_counter() - t0 - self._excluded
+        if not ((n >= 3 and elapsed >= 2.0) or elapsed >= 30.0 or n >= 50):
+            return None
+        self.sync()
+        elapsed = time.perf_counter() - t0 - self._excluded
+        self.measured = (elapsed / n, s0, step)
+        return self.measured
 
 
 class TrainProgress:
     """The bar or the plain lines of one run, and its ETA (announced once measured)."""
 
-    def __init__(self, plan: Plan, mode: Mode | bool, log: Log, console: Optional[Console] = None) -> None:
+    def __init__(self, plan: Plan, mode: Mode | bool, log: Log, console: Optional[Console] = None,
+                 sync: Callable[[], None] = lambda: None) -> None:
         self.plan, self.log = plan, log
-        self.clock = StepClock()
+        self.clock = StepClock(sync)
         self._progress: Optional[Progress] = None
         if mode is not False and mode != "off":
             self._progress = Progress("train", plan.total, done=plan.start, mode=mode,

@@ -180,7 +180,7 @@ class Trainer:
         """Train to `total` steps or until stopped; save a checkpoint at the end."""
         st = self.state
         if self.dist.is_main:
-            self._progress = TrainProgress(self.plan, self.progress_mode, self.log)
+            self._progress = TrainProgress(self.plan, self.progress_mode, self.log, sync=self._sync)
         try:
             with StopSignals(self.request_stop, self._main_log):
                 self._loop()
@@ -296,6 +296,11 @@ class Trainer:
             if not self._report_failed:
                 self.log(f"note: report.html not written ({type(e).__name__}: {e}); training goes on")
             self._report_failed = True
+
+    def _sync(self) -> None:
+        """Wait for the device's queued work (CUDA runs ahead of the host), for timing."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _close_progress(self) -> None:
         if self._progress is not None:
