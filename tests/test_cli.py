@@ -152,7 +152,8 @@ def test_existing_run_is_not_overwritten(trained):
 
 def test_checkpoint_from_another_architecture(trained, tmp_path):
     _, run = trained
-    weights = run / "checkpoints" / "step_00000004" / "model.safetensors"
+    latest = (run / "checkpoints" / "latest").read_text().strip()  # older ones keep only their EMA
+    weights = run / "checkpoints" / latest / "model.safetensors"
     foreign = tmp_path / "foreign.safetensors"
     from safetensors.torch import load_file, save_file
 

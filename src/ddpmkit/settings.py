@@ -8,6 +8,7 @@ Every section forbids unknown keys, so a typo is an error that names the key.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
@@ -18,6 +19,9 @@ from ddpmkit.errors import DdpmkitError
 
 PRESET_DIR = Path(__file__).parent / "presets"
 DEFAULT_PRESET = "demo"
+# The machine each preset is sized for (the rule of the README's preset table): a CPU preset trains
+# in minutes to hours on a laptop; a GPU preset is a paper's model, days on a CPU.
+PRESET_MACHINE = {"demo": "cpu", "celeba32": "cpu", "celeba64": "gpu", "celeba128": "gpu"}
 DATA_ROOT_ENV = "DDPMKIT_DATA_ROOT"
 
 
@@ -137,9 +141,16 @@ class TrainConfig(_Section):
     log_every: int = Field(50, ge=1)
     sample_every: int = Field(1000, ge=0, description="EMA sample grid every N steps; 0 = off")
     ckpt_every: int = Field(5000, ge=0, description="checkpoint every N steps; 0 = only at the end")
-    keep_checkpoints: int = Field(3, ge=1)
+    keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept; older ones are deleted")
+    keep_full: int = Field(
+        1, ge=1, description="the newest N kept checkpoints keep everything; older ones keep only "
+        "ema.safetensors (enough to sample, not to resume)"
+    )
     num_samples: int = Field(16, ge=1, description="images in each training sample grid")
-    tensorboard: bool = Field(True, description="also write TensorBoard events if tensorboard is installed")
+    report: bool = Field(True, description="write report.html into the run at every checkpoint")
+    tensorboard: bool = Field(
+        False, description="also log scalars and sample grids for TensorBoard (pip install 'ddpmkit[tensorboard]')"
+    )
 
 
 class SampleConfig(_Section):
@@ -250,6 +261,27 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
+@dataclass(frozen=True)
+class PresetInfo:
+    """What a preset is for: its data, image size and machine (cpu or gpu)."""
+
+    name: str
+    dataset: str
+    size: int
+    machine: str
+
+
+def preset_info(name: str) -> PresetInfo:
+    data = preset_dict(name).get("data", {}) or {}
+    defaults = DataConfig.model_fields
+    return PresetInfo(
+        name,
+        str(data.get("dataset", defaults["dataset"].default)),
+        int(data.get("size", defaults["size"].default)),
+        PRESET_MACHINE.get(name, "gpu"),
+    )
+
+
 def read_yaml(path: Path, what: str) -> dict[str, Any]:
     if not path.exists():
         raise DdpmkitError(f"{what} not found: {path}")
@@ -319,11 +351,15 @@ def build_settings(
     config: Path | None = None,
     overrides: dict[str, Any] | None = None,
     sets: list[str] | None = None,
+    preset_patch: dict[str, Any] | None = None,
 ) -> Settings:
-    """Resolve the settings. Raises DdpmkitError with a one-line message on any bad input."""
+    """Resolve the settings. Raises DdpmkitError with a one-line message on any bad input.
+
+    `preset_patch` changes the preset itself (below --config and --set): e.g. the preset fitted to
+    another image size by `ddpmkit train --size`."""
     file_dict = read_yaml(Path(config), "config file") if config is not None else {}
-    preset = preset or file_dict.get("preset") or DEFAULT_PRESET
-    merged = preset_dict(str(preset))
+    preset = preset_name(preset, config, file_dict)
+    merged = deep_merge(preset_dict(preset), preset_patch or {})
     sources = [f"preset '{preset}'"]
     if config is not None:
         merged = deep_merge(merged, file_dict)
@@ -338,6 +374,15 @@ def build_settings(
         return Settings.model_validate(merged)
     except ValidationError as e:
         raise DdpmkitError(format_validation_error(e, " + ".join(sources))) from None
+
+
+def preset_name(preset: str | None, config: Path | None, file_dict: dict[str, Any] | None = None) -> str:
+    """The preset in effect: --preset, else the config file's `preset:`, else the default."""
+    if preset:
+        return str(preset)
+    if file_dict is None:
+        file_dict = read_yaml(Path(config), "config file") if config is not None else {}
+    return str(file_dict.get("preset") or DEFAULT_PRESET)
 
 
 def settings_from_dict(data: dict[str, Any], source: str) -> Settings:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ddpmkit import __version__
-from ddpmkit.checkpoint import EMA_FILE, MODEL_FILE, load_state, load_weights, save_checkpoint
+from ddpmkit.checkpoint import EMA_FILE, MODEL_FILE, STATE_FILE, load_state, load_weights, save_checkpoint
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.nn import UNet
 from ddpmkit.settings import Settings, settings_from_dict
@@ -76,9 +76,10 @@ class TrainState:
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         return state
 
-    def save(self, ckpt_root: Path, *, world_size: int, keep: int) -> Path:
-        """Write checkpoints/step_N (atomically) and keep the newest `keep`. Returns its folder."""
-        return save_checkpoint(
+    def save(self, ckpt_root: Path, *, world_size: int, keep: int, keep_full: Optional[int] = None) -> Path:
+        """Write checkpoints/step_N (atomically) and keep the newest `keep`, of which all but the
+        newest `keep_full` keep only their EMA weights. Returns its folder."""
+        folder = save_checkpoint(
             ckpt_root,
             model=self.model,
             ema_model=self.ema.model,
@@ -87,6 +88,9 @@ class TrainState:
             step=self.step,
             keep=keep,
         )
+        if keep_full is not None:
+            trim_to_ema(ckpt_root, keep_full)
+        return folder
 
     def load(self, ckpt: Path, *, rank: int = 0, log: Callable[[str], None] = print) -> None:
         """Continue from checkpoint folder `ckpt`; refuses one trained as another model."""
@@ -110,6 +114,21 @@ class TrainState:
         self.gen.set_state(state["rng_gen"])
         if rank != 0:  # the saved CPU state is rank 0's: other ranks need their own dropout masks
             torch.manual_seed(self.settings.train.seed + RANK_SEED_STRIDE * rank + self.step)
+
+
+def trim_to_ema(ckpt_root: Path, keep_full: int) -> list[Path]:
+    """Delete model.safetensors and state.pt from all but the newest `keep_full` complete
+    checkpoints: the EMA weights, what `sample` uses, stay (a quarter of a full checkpoint with
+    Adam's two moments). The newest complete checkpoint, the one `--resume` takes, is never
+    trimmed. Returns the folders trimmed."""
+    full = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir() and (p / STATE_FILE).exists()
+                  and (p / EMA_FILE).exists() and not p.name.endswith(".tmp"))
+    trimmed = []
+    for folder in full[: -max(1, keep_full)]:
+        for name in (STATE_FILE, MODEL_FILE):  # state.pt first: without it the folder is no resume point
+            (folder / name).unlink(missing_ok=True)
+        trimmed.append(folder)
+    return trimmed
 
 
 def architecture_change(saved: Settings, asked: Settings) -> Optional[str]:
