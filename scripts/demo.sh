@@ -1,19 +1,28 @@
 #!/usr/bin/env bash
-# Set up, train the small `demo` model, and sample a grid and a denoising GIF from it.
-# Faces come from ./data/celeba when CelebA is there (see README), else from the built-in generator.
+# The four commands as a new user runs them: prepare, train, sample, noise-demo.
+# With CelebA in ./data/celeba (see README) it is prepared at 32 px and `train` picks the preset for
+# that size and machine (celeba32 on a CPU: hours); without it, the demo on generated faces (minutes).
+# Extra arguments go to `train` (e.g. scripts/demo.sh --max-steps 500). RUN_DIR=... picks the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-RUN_DIR="${RUN_DIR:-runs/demo}"
-DATA=()
-if [ -e data/celeba/list_eval_partition.txt ] || [ -e data/celeba/list_eval_partition.csv ]; then
-  DATA=(--set data.dataset=celeba)
-  echo "CelebA found in data/celeba: training the demo model on real faces at 32x32"
+DDPMKIT=.venv/bin/ddpmkit
+if [ -e data/celeba ]; then
+  "$DDPMKIT" prepare --size 32
+  RUN_DIR="${RUN_DIR:-runs/celeba32}"
+else
+  echo "no CelebA in data/celeba: training the demo model on generated faces"
+  RUN_DIR="${RUN_DIR:-runs/demo}"
 fi
+RESUME=()
 if [ -e "$RUN_DIR/config.yaml" ]; then
   echo "$RUN_DIR already holds a run: continuing it (delete it to start over)"
-  .venv/bin/ddpmkit train --run-dir "$RUN_DIR" --resume "${DATA[@]}"
-else
-  .venv/bin/ddpmkit train --preset demo --run-dir "$RUN_DIR" "${DATA[@]}"
+  RESUME=(--resume)
 fi
-.venv/bin/ddpmkit sample "$RUN_DIR" --n 64 --gif
+"$DDPMKIT" train --run-dir "$RUN_DIR" "${RESUME[@]}" "$@"
+"$DDPMKIT" sample "$RUN_DIR" --n 64 --gif
+IMAGE="$(find data/celeba -name '*.jpg' 2>/dev/null | sort | head -n 1 || true)"
+if [ -n "$IMAGE" ]; then
+  "$DDPMKIT" noise-demo "$IMAGE"
+fi
+echo "the run's report (rewritten at every checkpoint): $RUN_DIR/report.html"

@@ -45,6 +45,7 @@ TINY: dict[str, Any] = {
         "ckpt_every": 0,
         "ema_decay": 0.9,
         "tensorboard": False,
+        "report": False,  # report.html at every checkpoint costs a second of plotting; tests that want it say so
         "device": "cpu",
     },
     "sample": {"n": 4, "batch_size": 4, "steps": 10},

@@ -185,7 +185,7 @@ def test_ctrl_c_while_the_cli_loads_is_one_word_and_status_130(tmp_path):
 
 
 def test_main_ignores_sigxfsz_and_answers_ctrl_c(monkeypatch, capsys):
-    def ctrl_c() -> None:
+    def ctrl_c(*args, **kwargs) -> None:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGXFSZ, signal.SIG_DFL)

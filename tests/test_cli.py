@@ -120,7 +120,7 @@ def test_noise_demo_runs(tmp_path):
     Image.new("RGB", (40, 30), (200, 120, 90)).save(img)
     r = invoke("noise-demo", img, "--out", tmp_path / "nd", "--t", "0", "--t", "500", "--frames", "4", "--size", "32")
     assert r.exit_code == 0, r.output
-    assert (tmp_path / "nd" / "grid.png").exists() and (tmp_path / "nd" / "forward.gif").exists()
+    assert (tmp_path / "nd" / "forward_strip.png").exists() and (tmp_path / "nd" / "forward.gif").exists()
 
 
 # ------------------------------------------------------------------ bad input
@@ -152,7 +152,8 @@ def test_existing_run_is_not_overwritten(trained):
 
 def test_checkpoint_from_another_architecture(trained, tmp_path):
     _, run = trained
-    weights = run / "checkpoints" / "step_00000004" / "model.safetensors"
+    latest = (run / "checkpoints" / "latest").read_text().strip()  # older ones keep only their EMA
+    weights = run / "checkpoints" / latest / "model.safetensors"
     foreign = tmp_path / "foreign.safetensors"
     from safetensors.torch import load_file, save_file
 
@@ -183,7 +184,7 @@ def test_inspect_a_prepared_cache_never_writes_into_it(tmp_path, monkeypatch):
     assert sorted(p.name for p in cache.iterdir()) == before  # no preview.png in the data
     assert (tmp_path / "outputs" / "previews" / f"{cache.name}.png").is_file()
     r = invoke("inspect", cache, "--preview", tmp_path / "p.png")
-    assert r.exit_code == 0 and Image.open(tmp_path / "p.png").size == (4 * 18 + 2, 18 + 2)
+    assert r.exit_code == 0 and Image.open(tmp_path / "p.png").size == (7 * (4 * 18 + 2), 7 * (18 + 2))  # enlarged to 512
 
 
 def test_help_does_not_import_torch():

@@ -7,13 +7,20 @@ import math
 import pytest
 import torch
 
+import numpy as np
+
 from ddpmkit.diffusion import (
+    dynamic_threshold,
+    eps_from_x0,
     p_mean_variance,
     predict_eps_from_x0,
     predict_x0_from_eps,
     q_posterior,
     q_sample,
+    sample_timesteps,
     training_loss,
+    x0_and_eps,
+    x0_from_eps,
 )
 from ddpmkit.schedule import NoiseSchedule, cosine_betas, linear_betas
 
@@ -143,3 +150,64 @@ def test_training_loss_is_zero_for_a_perfect_eps_model():
     assert training_loss(oracle, sched, x0, t, noise).item() < 1e-6
     zero = lambda xt, tt: torch.zeros_like(xt)  # noqa: E731
     assert training_loss(zero, sched, x0, t, noise).item() == pytest.approx(noise.pow(2).mean().item())
+
+
+# ----------------------------------------------------------------------------- x̂_0 handling
+
+
+def test_float_alpha_bar_conversions_match_the_schedule_ones(sched):
+    """x0_from_eps / eps_from_x0 with ᾱ as a number or a 0-dim tensor = the table versions."""
+    g = torch.Generator().manual_seed(4)
+    xt = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
+    eps = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
+    for t in (0, 300, 999):
+        tt = torch.full((2,), t)
+        a = sched.alphas_cumprod[t]
+        for alpha_bar in (float(a), a):
+            x0 = x0_from_eps(xt, eps, alpha_bar)
+            assert torch.allclose(x0, predict_x0_from_eps(sched, xt, tt, eps), rtol=1e-10, atol=1e-10)
+            assert torch.allclose(eps_from_x0(xt, x0, alpha_bar), eps, rtol=1e-8, atol=1e-8)
+
+
+def test_dynamic_threshold_is_its_definition():
+    """Saharia et al. (2022): s = max(1, 99.5th percentile of |x̂_0| per image); clamp to [-s, s], divide by s."""
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.randn(4, 3, 8, 8, generator=g, dtype=torch.float64) * torch.tensor([0.3, 1.5, 4.0, 0.9]).view(4, 1, 1, 1)
+    out = dynamic_threshold(x0)
+    for b in range(4):
+        v = x0[b].numpy()
+        s = max(1.0, float(np.percentile(np.abs(v), 99.5)))  # numpy's default: linear interpolation
+        want = np.clip(v, -s, s) / s
+        np.testing.assert_allclose(out[b].numpy(), want, rtol=1e-12, atol=1e-12)
+    assert torch.equal(out[0], x0[0])  # inside [-1, 1]: untouched
+    assert out.abs().max() <= 1.0
+    # a saturated image keeps its shape: values are scaled, not cut at ±1 like clipping
+    assert (out[2].abs() == 1.0).float().mean() < (x0[2].clamp(-1, 1).abs() == 1.0).float().mean()
+
+
+def test_x0_modes():
+    """none keeps both; clip clamps x̂_0 and keeps ε̂; clip_eps makes ε̂ agree with the clamped x̂_0;
+    dynamic thresholds x̂_0 and keeps ε̂."""
+    g = torch.Generator().manual_seed(6)
+    xt = 2 * torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
+    eps = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
+    a = 0.3
+    raw = x0_from_eps(xt, eps, a)
+    assert raw.abs().max() > 1
+    x0, e = x0_and_eps(xt, eps, a, "none")
+    assert torch.equal(x0, raw) and torch.equal(e, eps)
+    x0, e = x0_and_eps(xt, eps, a, "clip")
+    assert torch.equal(x0, raw.clamp(-1, 1)) and torch.equal(e, eps)
+    x0, e = x0_and_eps(xt, eps, a, "clip_eps")
+    assert torch.equal(x0, raw.clamp(-1, 1)) and not torch.equal(e, eps)
+    assert torch.allclose(x0_from_eps(xt, e, a), x0, atol=1e-12)
+    x0, e = x0_and_eps(xt, eps, a, "dynamic")
+    assert torch.equal(x0, dynamic_threshold(raw)) and torch.equal(e, eps)
+    with pytest.raises(ValueError, match="x0 mode"):
+        x0_and_eps(xt, eps, a, "clamp")
+
+
+def test_sample_timesteps_uses_the_generator():
+    a = sample_timesteps(64, T, torch.device("cpu"), torch.Generator().manual_seed(0))
+    b = sample_timesteps(64, T, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and a.dtype == torch.long and 0 <= a.min() and a.max() < T

@@ -16,7 +16,9 @@ from ddpmkit.images import (
     make_grid_image,
     save_gif,
     save_grid,
+    readable_scale,
     save_images,
+    scale_nearest,
     to_uint8,
     upscale_nearest,
 )
@@ -50,7 +52,7 @@ def test_make_grid_image_layout_and_content():
 
 def test_save_grid_and_images_round_trip(tmp_path: Path):
     x = _rand(3, 8, 8)
-    grid = save_grid(x, tmp_path / "sub" / "grid.png", nrow=1)
+    grid = save_grid(x, tmp_path / "sub" / "grid.png", nrow=1, scale=1)
     assert Image.open(grid).size == (8 + 4, 3 * 10 + 2)
     paths = save_images(x, tmp_path / "imgs", prefix="img", start=7)
     assert [p.name for p in paths] == ["img_00007.png", "img_00008.png", "img_00009.png"]
@@ -60,6 +62,31 @@ def test_save_grid_and_images_round_trip(tmp_path: Path):
         assert torch.equal(to_uint8(back), to_uint8(img.unsqueeze(0)))
     # atomic writes leave no temporaries behind
     assert sorted(q.name for q in (tmp_path / "imgs").iterdir()) == [p.name for p in paths]
+
+
+def test_save_grid_is_readable_by_default(tmp_path: Path):
+    x = _rand(16, 32, 32)  # 16 faces of 32 px tile to 138 x 138 px
+    native = np.asarray(make_grid_image(x))
+    assert native.shape[:2] == (138, 138)
+    big = np.asarray(Image.open(save_grid(x, tmp_path / "g.png")).convert("RGB"))
+    assert big.shape[:2] == (138 * 4, 138 * 4)  # the smallest whole factor reaching 512 px
+    np.testing.assert_array_equal(big[::4, ::4], native)  # nearest: every pixel a 4x4 square
+    np.testing.assert_array_equal(big[3::4, 3::4], native)
+    three = Image.open(save_grid(x, tmp_path / "g3.png", scale=3))
+    assert three.size == (138 * 3, 138 * 3)
+    assert Image.open(save_grid(x, tmp_path / "g1.png", scale=1)).size == (138, 138)
+    wide = Image.open(save_grid(_rand(4, 16, 16), tmp_path / "w.png", nrow=4))  # 74 x 20: the longer side counts
+    assert wide.size == (74 * 7, 20 * 7)
+    with pytest.raises(ValueError, match="whole number"):
+        save_grid(x, tmp_path / "bad.png", scale=0)
+
+
+def test_readable_scale():
+    assert readable_scale(138, 138) == 4
+    assert readable_scale(512, 10) == 1 and readable_scale(600, 600) == 1
+    assert readable_scale(8, 8) == 64
+    img = Image.new("RGB", (3, 2))
+    assert scale_nearest(img, 1) is img and scale_nearest(img, 5).size == (15, 10)
 
 
 def _gif_info(path: Path) -> tuple[int, list[int], int | None]:
@@ -79,6 +106,37 @@ def test_save_gif_frames_durations_loop(tmp_path: Path):
     assert durations == [60, 60, 60, 60, 900]
     assert loop == 0
     assert [q.name for q in tmp_path.iterdir()] == ["a.gif"]
+
+
+def _gif_rgb_frames(path: Path) -> list[np.ndarray]:
+    with Image.open(path) as im:
+        frames = []
+        for k in range(im.n_frames):
+            im.seek(k)
+            frames.append(np.asarray(im.convert("RGB")))
+        return frames
+
+
+def test_save_gif_shares_one_palette_and_keeps_black_and_white_exact(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    frames = []
+    for k in range(4):
+        a = np.full((40, 60, 3), 255, dtype=np.uint8)  # a white label band ...
+        a[:, :2] = 0  # ... black padding ...
+        a[10:30, 10:50] = rng.integers(0, 256, (20, 40, 3))  # ... and noise that changes
+        a[5, 30] = (250, 250, 249)  # a near-white that must not pull white off 255
+        frames.append(a)
+    path = save_gif([Image.fromarray(a) for a in frames], tmp_path / "p.gif", colors=64)
+    back = _gif_rgb_frames(path)
+    assert len(back) == 4
+    for a, b in zip(frames, back):
+        assert (b[35:, 5:] == 255).all() and (b[:, :2] == 0).all()
+        # no dithering: each pixel becomes one nearby palette colour
+        assert np.abs(b[10:30, 10:50].astype(int) - a[10:30, 10:50]).mean() < 25
+    with Image.open(path) as im:
+        assert len(im.getpalette() or []) // 3 <= 64
+    with pytest.raises(ValueError, match="colors"):
+        save_gif([Image.fromarray(frames[0])], tmp_path / "q.gif", colors=300)
 
 
 def test_save_gif_accepts_tensors(tmp_path: Path):

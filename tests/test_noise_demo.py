@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import typer
 from PIL import Image
 from typer.testing import CliRunner
@@ -13,7 +14,9 @@ from typer.testing import CliRunner
 from ddpmkit.cli.noise_demo_cmd import noise_demo
 from ddpmkit.data.synthetic import make_faces
 from ddpmkit.images import load_image, to_uint8
-from ddpmkit.pictures import PAD, strip_size
+from ddpmkit.pictures import PAD, forward_frames, forward_strip, strip_size
+from ddpmkit.schedule import NoiseSchedule
+from ddpmkit.settings import DiffusionConfig
 
 CELEBA = Path(__file__).resolve().parents[2] / "shared" / "celeba" / "img_align_celeba"
 
@@ -61,7 +64,11 @@ def test_real_image(tmp_path: Path, celeba_image: Path):
     r = _run(celeba_image, "--t", 0, "--t", 500, "--t", 999, "--size", 32, "--frames", 10, "--out", out)
     assert r.exit_code == 0, r.output
     assert "SNR" in r.output and "999" in r.output
-    grid = Image.open(out / "grid.png")
+    # says what it does, and prints the paths it wrote, whole
+    assert "noising" in r.output and "3 timesteps" in r.output and "10 frames" in r.output
+    assert f"wrote {out / 'forward_strip.png'}" in r.output and f"wrote {out / 'forward.gif'}" in r.output
+    assert sorted(p.name for p in out.iterdir()) == ["forward.gif", "forward_strip.png"]
+    grid = Image.open(out / "forward_strip.png")
     side = 64  # 32 px images are shown enlarged 2x
     assert grid.size == strip_size(3, 32)
     assert grid.size[0] == PAD + 3 * (side + PAD) and grid.size[1] > side + 2 * PAD
@@ -85,13 +92,34 @@ def test_generated_image_default_timesteps_and_seed(tmp_path: Path, face_png: Pa
     assert _run(face_png, "--size", 16, "--frames", 5, "--out", a).exit_code == 0
     assert _run(face_png, "--size", 16, "--frames", 5, "--out", b).exit_code == 0
     assert _run(face_png, "--size", 16, "--frames", 5, "--seed", 1, "--out", c).exit_code == 0
-    grid = Image.open(a / "grid.png")
+    grid = Image.open(a / "forward_strip.png")
     assert grid.size == strip_size(8, 16)  # the 8 default timesteps
     assert grid.size[0] == PAD + 8 * (64 + PAD)  # 16 px shown 4x
     assert _gif_frames(a / "forward.gif") == (5, 0)
     # one seeded noise tensor: same seed, same pictures; another seed, other noise
-    assert (a / "grid.png").read_bytes() == (b / "grid.png").read_bytes()
-    assert (a / "grid.png").read_bytes() != (c / "grid.png").read_bytes()
+    assert (a / "forward_strip.png").read_bytes() == (b / "forward_strip.png").read_bytes()
+    assert (a / "forward_strip.png").read_bytes() != (c / "forward_strip.png").read_bytes()
+
+
+def test_strip_and_gif_frames_carry_the_same_labels():
+    """At the same displayed size, a strip column and a GIF frame of the same t are drawn alike:
+    image, then "t=", the signal √ᾱ_t bar and value, the noise √(1-ᾱ_t) bar and value."""
+    sched = NoiseSchedule.from_config(DiffusionConfig())
+    x0 = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    noise = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+    ts = [0, 300, 999]
+    strip = np.asarray(forward_strip(sched, x0, noise, ts))
+    frames = [np.asarray(f) for f in forward_frames(sched, x0, noise, ts)]
+    side = 128  # 128 px images are shown as they are in both
+    for k, frame in enumerate(frames):
+        left = PAD + k * (side + PAD)
+        column = strip[PAD : PAD + frame.shape[0], left : left + side]
+        np.testing.assert_array_equal(column, frame)
+    # the labels differ between timesteps (values, bar lengths), so the comparison means something
+    assert not np.array_equal(frames[0][side:], frames[1][side:])
+    blue = np.all(frames[1][side:] == (50, 100, 200), axis=-1).sum()
+    red = np.all(frames[1][side:] == (200, 60, 50), axis=-1).sum()
+    assert blue > 0 and red > 0  # both the signal and the noise are shown
 
 
 def test_missing_image(tmp_path: Path):

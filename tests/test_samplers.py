@@ -20,6 +20,7 @@ from ddpmkit.samplers import (
     DDIMSampler,
     DDPMSampler,
     DPMSolverPPSampler,
+    default_spacing,
     make_sampler,
     sample,
 )
@@ -60,7 +61,7 @@ def ours(sampler, x, seed=7) -> list[torch.Tensor]:
         SHAPE,
         x_T=x.clone(),
         generator=torch.Generator().manual_seed(seed),
-        callback=lambda i, t, xi, x0: traj.append(xi.clone()),
+        callback=lambda i, t, xi, x0: traj.append(xi.clone()) if i >= 0 else None,  # i = -1: x_T
     )
     return traj
 
@@ -91,15 +92,32 @@ def use_float64_table(scheduler, sched: NoiseSchedule) -> None:
 # ----------------------------------------------------------------------------- DDPM
 
 
+# diffusers' x̂_0 options for each of ours: clip_sample, thresholding (dynamic: p = 0.995 and no
+# upper bound on s, which diffusers' sample_max_value caps)
+DIFFUSERS_X0 = {
+    "none": dict(clip_sample=False, thresholding=False),
+    "clip": dict(clip_sample=True, thresholding=False),
+    "clip_eps": dict(clip_sample=True, thresholding=False),
+    "dynamic": dict(clip_sample=False, thresholding=True, dynamic_thresholding_ratio=0.995, sample_max_value=1e9),
+}
+
+
 @pytest.mark.parametrize(
     "T_,steps,variance,clip",
-    [(100, 100, "fixed_small", True), (1000, 50, "fixed_small", False), (1000, 25, "fixed_large", True)],
+    [
+        (100, 100, "fixed_small", True),
+        (1000, 50, "fixed_small", False),
+        (1000, 25, "fixed_large", True),
+        (1000, 20, "fixed_small", "clip"),
+        (1000, 20, "fixed_large", "dynamic"),
+    ],
 )
 def test_ddpm_matches_diffusers_ddpm_scheduler(T_, steps, variance, clip):
     """Respaced ancestral DDPM = DDPMScheduler with our timesteps passed as custom timesteps.
 
     Both draw z from the same generator in the same order (one randn per step; diffusers skips
     the draw at t = 0, our last step, where neither adds noise), so the noisy paths coincide.
+    clip: the old flag (True = clip_eps, the same as clip for DDPM) or an x0 mode.
     """
     sched = sched_T(T_)
     ours_s = DDPMSampler(sched, "uniform", variance, clip)
@@ -110,8 +128,8 @@ def test_ddpm_matches_diffusers_ddpm_scheduler(T_, steps, variance, clip):
         beta_start=1e-4,
         beta_end=0.02,
         variance_type=variance,
-        clip_sample=clip,
         prediction_type="epsilon",
+        **DIFFUSERS_X0[ours_s.x0],
     )
     ref.set_timesteps(timesteps=ours_s.timesteps.tolist())
     use_float64_table(ref, sched)
@@ -126,35 +144,76 @@ def ddim_cfg(**kw) -> SampleConfig:
     return SampleConfig(sampler="ddim", **kw)
 
 
-@pytest.mark.parametrize("steps,eta,clip", [(10, 0.0, False), (50, 0.0, True), (20, 0.5, True), (10, 1.0, False)])
-def test_ddim_matches_diffusers_ddim_scheduler(steps, eta, clip):
-    """DDIM with our 'trailing' spacing = DDIMScheduler(timestep_spacing='trailing').
+@pytest.mark.parametrize(
+    "steps,eta,x0,spacing",
+    [
+        (10, 0.0, "none", "trailing"),
+        (50, 0.0, "clip_eps", "trailing"),
+        (50, 0.0, "clip", "trailing"),
+        (20, 0.5, "clip_eps", "leading"),
+        (20, 0.5, "clip", "trailing"),
+        (10, 1.0, "none", "leading"),
+        (20, 0.0, "dynamic", "trailing"),
+    ],
+)
+def test_ddim_matches_diffusers_ddim_scheduler(steps, eta, x0, spacing):
+    """DDIM = DDIMScheduler with the same timestep_spacing, in both of its x̂_0 conventions.
 
-    diffusers' DDIM always steps to t - T//N, so it only accepts evenly strided timesteps: with
-    T divisible by N, 'trailing' (…, 2T/N-1, T/N-1) is such a set, identical to ours. After the
-    last step both go to ᾱ = 1 (set_alpha_to_one=True). With clipping we re-derive ε̂ from the
-    clipped x̂_0 (improved-diffusion's choice) = diffusers' use_clipped_model_output=True.
+    diffusers' DDIM always steps to t - T//N, so it only takes evenly strided timesteps: with T
+    divisible by N, 'trailing' (…, 2T/N-1, T/N-1) and 'leading' (…, T/N, 0) are such sets,
+    identical to ours. After the last step both go to ᾱ = 1 (set_alpha_to_one=True). clip keeps
+    ε̂ (diffusers' default, use_clipped_model_output=False); clip_eps re-derives ε̂ from the
+    clipped x̂_0 (improved-diffusion's choice, use_clipped_model_output=True); dynamic is
+    diffusers' thresholding with ε̂ kept.
     """
     sched = sched_T()
-    ours_s = DDIMSampler.from_config(sched, ddim_cfg(spacing="trailing", eta=eta, clip_x0=clip))
+    ours_s = DDIMSampler.from_config(sched, ddim_cfg(spacing=spacing, eta=eta, x0=x0))
     ours_s.set_timesteps(steps)
     ref = diffusers.DDIMScheduler(
         num_train_timesteps=T,
         beta_schedule="linear",
         beta_start=1e-4,
         beta_end=0.02,
-        clip_sample=clip,
         set_alpha_to_one=True,
-        timestep_spacing="trailing",
+        timestep_spacing=spacing,
         prediction_type="epsilon",
+        **DIFFUSERS_X0[x0],
     )
     ref.set_timesteps(steps)
     assert ref.timesteps.tolist() == ours_s.timesteps.tolist()
     use_float64_table(ref, sched)
     x = x_T()
     got = ours(ours_s, x)
-    want = theirs(ref, ref.timesteps, x, eta=eta, use_clipped_model_output=True)
+    want = theirs(ref, ref.timesteps, x, eta=eta, use_clipped_model_output=x0 == "clip_eps")
     assert_same_trajectory(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_ddim_clip_conventions_differ():
+    """The two clipping conventions are different samplers on a network that overshoots [-1, 1]."""
+    sched = sched_T()
+    x = 3 * x_T()
+    ends = {}
+    for mode in ("clip", "clip_eps"):
+        s = DDIMSampler(sched, "uniform", 0.0, mode)
+        s.set_timesteps(10)
+        ends[mode] = ours(s, x)[-1]
+    assert (ends["clip"] - ends["clip_eps"]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("T_,steps", [(1000, 10), (1000, 50), (1000, 7), (1000, 1000), (100, 30), (4000, 250)])
+@pytest.mark.parametrize("spacing,theirs_name", [("uniform", "linspace"), ("leading", "leading"), ("trailing", "trailing")])
+def test_spacings_match_diffusers_timestep_spacing(T_, steps, spacing, theirs_name):
+    """Each diffusers timestep_spacing (DDPM/DDIM schedulers, steps_offset 0) has its match here."""
+    ref = diffusers.DDPMScheduler(num_train_timesteps=T_, timestep_spacing=theirs_name)
+    ref.set_timesteps(steps)
+    assert sorted(space_timesteps(T_, steps, spacing), reverse=True) == ref.timesteps.tolist()
+
+
+def test_trailing_starts_at_T_minus_1_and_does_not_reach_0():
+    steps = space_timesteps(1000, 10, "trailing")
+    assert steps[-1] == 999 and steps[0] == 99
+    assert space_timesteps(1000, 10, "uniform")[0] == 0 and space_timesteps(1000, 10, "uniform")[-1] == 999
+    assert space_timesteps(1000, 10, "leading") == list(range(0, 1000, 100))
 
 
 @pytest.mark.parametrize("spacing,clip", [("uniform", False), ("quadratic", True)])
@@ -163,7 +222,7 @@ def test_ddim_eta0_is_first_order_dpm_solver_on_any_spacing(spacing, clip):
     DPM-Solver++ (= DDIM with η = 0, Lu et al. 2022b §3) on our timesteps; clipping = its
     thresholding with sample_max_value=1. diffusers computes this in float32."""
     sched = sched_T()
-    ours_s = DDIMSampler.from_config(sched, ddim_cfg(spacing=spacing, eta=0.0, clip_x0=clip))
+    ours_s = DDIMSampler.from_config(sched, ddim_cfg(spacing=spacing, eta=0.0, x0="clip_eps" if clip else "none"))
     ours_s.set_timesteps(20)
     ref = diffusers.DPMSolverMultistepScheduler(
         num_train_timesteps=T,
@@ -196,14 +255,21 @@ def test_ddim_eta1_on_all_steps_is_ddpm():
 # ----------------------------------------------------------------------------- DPM-Solver++
 
 
-@pytest.mark.parametrize("steps,spacing,clip", [(10, "uniform", False), (20, "quadratic", True), (25, "trailing", False)])
-def test_dpm_solver_pp_2m_matches_diffusers(steps, spacing, clip):
+@pytest.mark.parametrize(
+    "steps,spacing,x0",
+    [(10, "uniform", "none"), (20, "quadratic", "clip"), (25, "trailing", "none"), (15, "leading", "dynamic")],
+)
+def test_dpm_solver_pp_2m_matches_diffusers(steps, spacing, x0):
     """DPM-Solver++(2M) = DPMSolverMultistepScheduler(solver_order=2, midpoint, dpmsolver++) on
     our timesteps. final_sigmas_type='zero' is our last step to ᾱ = 1 (first order, landing on
-    x̂_0); diffusers upcasts to float32 internally, so this is a float32 comparison."""
+    x̂_0). diffusers stays second order on a step into t = 0, so ours is set alike for grids that
+    visit it (first_order_into_zero=False; the default is checked on the Gaussian fixture).
+    diffusers upcasts to float32 internally, so this is a float32 comparison."""
     sched = sched_T()
-    ours_s = DPMSolverPPSampler.from_config(sched, SampleConfig(sampler="dpmsolver++", spacing=spacing, clip_x0=clip))
+    ours_s = DPMSolverPPSampler(sched, spacing, x0, first_order_into_zero=False)
     ours_s.set_timesteps(steps)
+    x0_kw = dict(DIFFUSERS_X0[x0]) if x0 == "dynamic" else dict(thresholding=x0 != "none", sample_max_value=1.0)
+    x0_kw.pop("clip_sample", None)
     ref = diffusers.DPMSolverMultistepScheduler(
         num_train_timesteps=T,
         beta_schedule="linear",
@@ -214,9 +280,8 @@ def test_dpm_solver_pp_2m_matches_diffusers(steps, spacing, clip):
         solver_type="midpoint",
         lower_order_final=True,
         final_sigmas_type="zero",
-        thresholding=clip,
-        sample_max_value=1.0,
         prediction_type="epsilon",
+        **x0_kw,
     )
     ref.set_timesteps(timesteps=ours_s.timesteps.tolist())
     x = x_T(torch.float32)
@@ -224,22 +289,22 @@ def test_dpm_solver_pp_2m_matches_diffusers(steps, spacing, clip):
     assert_same_trajectory(got, want, rtol=2e-4, atol=2e-4)
 
 
-def test_dpm_solver_second_order_beats_ddim_at_few_steps():
-    """Against a 1000-step DDIM (η = 0) reference of the same ODE, 2M at 15 steps is closer than
-    DDIM at 15 steps: the second-order correction is doing something."""
+def test_dpm_solver_steps_into_zero_at_first_order():
+    """On a grid that ends at t = 0, the default differs from diffusers only from the step into
+    t = 0 on, and that step is the first-order (DDIM) step from the same x."""
     sched = sched_T()
     x = x_T()
-    cfg = dict(spacing="uniform", clip_x0=False)
-    ref = DDIMSampler.from_config(sched, ddim_cfg(eta=0.0, **cfg))
-    ref.set_timesteps(T)
-    x_ref = ours(ref, x)[-1]
-    ddim = DDIMSampler.from_config(sched, ddim_cfg(eta=0.0, **cfg))
-    ddim.set_timesteps(15)
-    dpm = DPMSolverPPSampler.from_config(sched, SampleConfig(sampler="dpmsolver++", **cfg))
-    dpm.set_timesteps(15)
-    err_ddim = (ours(ddim, x)[-1] - x_ref).abs().max().item()
-    err_dpm = (ours(dpm, x)[-1] - x_ref).abs().max().item()
-    assert err_dpm < 0.5 * err_ddim, (err_dpm, err_ddim)
+    ours_s = DPMSolverPPSampler(sched, "uniform", "none")
+    diff_s = DPMSolverPPSampler(sched, "uniform", "none", first_order_into_zero=False)
+    ddim = DDIMSampler(sched, "uniform", 0.0, "none")
+    for s in (ours_s, diff_s, ddim):
+        s.set_timesteps(10)
+    a, b = ours(ours_s, x), ours(diff_s, x)
+    assert_same_trajectory(a[:8], b[:8], rtol=0, atol=0)
+    assert (a[8] - b[8]).abs().max() > 1e-3
+    eps = stand_in_eps(T)(a[7], torch.full((SHAPE[0],), int(ours_s.timesteps[8])))
+    want = ddim.step(eps, 8, a[7]).prev_sample
+    torch.testing.assert_close(a[8], want, rtol=1e-12, atol=1e-12)
 
 
 def test_dpm_solver_history_resets_between_runs():
@@ -251,6 +316,26 @@ def test_dpm_solver_history_resets_between_runs():
     torch.testing.assert_close(first, second, rtol=0, atol=0)
 
 
+def test_one_sampler_object_serves_interleaved_runs():
+    """The multistep history lives in each run's state, not on the sampler: two runs stepped in
+    turn through one DPM-Solver++ object give what each gives alone."""
+    sched = sched_T()
+    s = DPMSolverPPSampler(sched, "uniform", "none")
+    s.set_timesteps(10)
+    eps_fn = stand_in_eps(T)
+    xa, xb = x_T(), -0.5 * x_T()
+    alone_a, alone_b = ours(s, xa)[-1], ours(s, xb)[-1]
+    state_a, state_b = s.new_state(), s.new_state()
+    for i, t in enumerate(s.timesteps.tolist()):
+        tt = torch.full((SHAPE[0],), t)
+        xa = s.step(eps_fn(xa, tt), i, xa, None, state_a).prev_sample
+        xb = s.step(eps_fn(xb, tt), i, xb, None, state_b).prev_sample
+    torch.testing.assert_close(xa, alone_a, rtol=0, atol=0)
+    torch.testing.assert_close(xb, alone_b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="state"):
+        s.step(eps_fn(xa, tt), 1, xa)
+
+
 # ----------------------------------------------------------------------------- registry / loop
 
 
@@ -260,7 +345,7 @@ def test_make_sampler_runs_any_sampler_through_the_same_loop(name):
     cfg = SampleConfig(sampler=name, steps=10, eta=0.3)
     s = make_sampler(sched, cfg)
     assert isinstance(s, SAMPLERS[name]) and len(s) == 10
-    assert s.timesteps.tolist() == sorted(space_timesteps(100, 10, "uniform"), reverse=True)
+    assert s.timesteps.tolist() == sorted(space_timesteps(100, 10, default_spacing(name)), reverse=True)
     g = torch.Generator().manual_seed(0)
     out = sample(stand_in_eps(100), s, SHAPE, generator=g)
     assert out.shape == SHAPE and torch.isfinite(out).all()
@@ -284,3 +369,20 @@ def test_deterministic_samplers_ignore_the_generator():
         a, b = ours(s, x, seed=1)[-1], ours(s, x, seed=2)[-1]
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert math.isfinite(float(a.abs().max()))
+
+
+def test_sample_config_x0_and_the_old_clip_x0_flag():
+    """x0 names the x̂_0 handling; clip_x0 (stored in older checkpoints) still loads and, when given,
+    decides (True was DDIM's clip-and-recompute-ε), so `--set sample.clip_x0=false` still works."""
+    assert SampleConfig().x0 == "clip_eps" and SampleConfig().clip_x0
+    assert SampleConfig(clip_x0=False).x0 == "none" and not SampleConfig(clip_x0=False).clip_x0
+    assert SampleConfig.model_validate({"clip_x0": True, "spacing": "uniform"}).x0 == "clip_eps"
+    stored = SampleConfig(x0="dynamic").model_dump()
+    assert "clip_x0" not in stored and SampleConfig.model_validate(stored).x0 == "dynamic"
+    assert SampleConfig.model_validate({**stored, "clip_x0": False}).x0 == "none"
+    with pytest.raises(ValueError, match="clip_x0"):
+        SampleConfig.model_validate({"clip_x0": "maybe"})
+    with pytest.raises(ValueError):
+        SampleConfig(x0="clamp")
+    s = make_sampler(sched_T(100), SampleConfig(sampler="ddim", steps=5, clip_x0=False))
+    assert s.x0 == "none" and s.spacing == default_spacing("ddim")

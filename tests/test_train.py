@@ -219,3 +219,17 @@ def test_every_trainer_attribute_exists_before_the_run(tmp_path):
     t.open(resume=False)
     t.run()
     assert set(vars(t)) == before
+
+
+def test_the_plan_line_and_run_json_hold_the_planned_length(tmp_path):
+    messages: list[str] = []
+    train(tiny(tmp_path / "run", train={"max_steps": 2}), log=messages.append, progress=False)
+    plan = next(m for m in messages if m.startswith("training "))
+    assert plan == ("training 0.18M parameters, preset demo · data: generated faces, 16x16 px, 64 images · "
+                    "batch 16 · 2 steps (0.5 epochs) · device cpu")
+    info = tmp_path / "run" / "run.json"
+    assert json.loads(info.read_text())["total_steps"] == 2
+    messages.clear()
+    train(tiny(tmp_path / "run", train={"max_steps": 4}), resume=True, log=messages.append, progress=False)
+    assert json.loads(info.read_text())["total_steps"] == 4  # a resume that changes the length says so
+    assert any("steps 2 → 4" in m for m in messages)

@@ -168,9 +168,9 @@ def resolve_checkpoint(path: Path) -> CheckpointRef:
         if found is None:
             raise DdpmkitError(f"run directory {path} holds no complete checkpoint yet")
         folder = found
-    if not (folder / MODEL_FILE).exists():
-        raise DdpmkitError(f"{path} holds no {MODEL_FILE}: not a ddpmkit checkpoint or run directory")
     has_ema = (folder / EMA_FILE).exists()
+    if not has_ema and not (folder / MODEL_FILE).exists():  # an old checkpoint may keep only its EMA
+        raise DdpmkitError(f"{path} holds no {MODEL_FILE}: not a ddpmkit checkpoint or run directory")
     return CheckpointRef(folder, folder / (EMA_FILE if has_ema else MODEL_FILE), has_ema, (folder / STATE_FILE).exists())
 
 

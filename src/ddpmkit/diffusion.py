@@ -7,7 +7,7 @@ Names follow Ho et al. (2020); t is the 0-based index described in `schedule.py`
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Callable, Literal, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -15,8 +15,15 @@ from torch import Tensor
 
 from ddpmkit.schedule import NoiseSchedule, extract
 
+# the network as the math sees it: eps_model(x_t: (B, C, H, W), t: (B,) long) -> ε̂, same shape as x_t
 EpsModel = Callable[[Tensor, Tensor], Tensor]
 Variance = Literal["fixed_small", "fixed_large"]
+# what a sampler does with x̂_0 (see `x0_and_eps`)
+X0Mode = Literal["none", "clip", "clip_eps", "dynamic"]
+X0_MODES: tuple[str, ...] = ("none", "clip", "clip_eps", "dynamic")
+# ᾱ_t of one step as a number, or as a tensor that broadcasts against x (0-dim or (B, 1, 1, 1))
+AlphaBar = Union[float, Tensor]
+DYNAMIC_PERCENTILE = 0.995  # Saharia et al. (2022), §2.3
 
 
 def q_sample(sched: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
@@ -54,6 +61,51 @@ def predict_eps_from_x0(sched: NoiseSchedule, xt: Tensor, t: Tensor, x0: Tensor)
     )
 
 
+def x0_from_eps(xt: Tensor, eps: Tensor, alpha_bar: AlphaBar) -> Tensor:
+    """x̂_0 = (x_t - √(1-ᾱ_t) ε)/√ᾱ_t (eq. 4 inverted) for one ᾱ_t, a number or a tensor."""
+    return (xt - (1 - alpha_bar) ** 0.5 * eps) / alpha_bar**0.5
+
+
+def eps_from_x0(xt: Tensor, x0: Tensor, alpha_bar: AlphaBar) -> Tensor:
+    """ε = (x_t - √ᾱ_t x_0)/√(1-ᾱ_t) for one ᾱ_t < 1, a number or a tensor."""
+    return (xt - alpha_bar**0.5 * x0) / (1 - alpha_bar) ** 0.5
+
+
+def dynamic_threshold(x0: Tensor, percentile: float = DYNAMIC_PERCENTILE) -> Tensor:
+    """Dynamic thresholding (Saharia et al. 2022, §2.3), image by image.
+
+    s = max(1, the `percentile` quantile of |x̂_0| over the image); x̂_0 -> clamp(x̂_0, -s, s)/s.
+    So an image already inside [-1, 1] is unchanged, and a saturated one is pulled back inside
+    instead of being cut at ±1. x0: (B, ...) float; returns the same shape and dtype.
+    """
+    flat = x0.abs().reshape(x0.shape[0], -1)
+    if flat.dtype not in (torch.float32, torch.float64):
+        flat = flat.float()  # quantile takes float32/64 only
+    s = torch.quantile(flat, percentile, dim=1).clamp(min=1.0).to(x0.dtype)
+    s = s.reshape(-1, *([1] * (x0.ndim - 1)))
+    return torch.maximum(torch.minimum(x0, s), -s) / s
+
+
+def x0_and_eps(xt: Tensor, eps: Tensor, alpha_bar: AlphaBar, mode: X0Mode) -> tuple[Tensor, Tensor]:
+    """x̂_0 from ε̂ handled as `mode` says, and the ε̂ to step with. Returns (x̂_0, ε̂).
+
+    none: x̂_0 as predicted. clip: x̂_0 clamped to [-1, 1], ε̂ kept (diffusers' DDIM default,
+    use_clipped_model_output=False). clip_eps: clamped, and ε̂ recomputed from the clamped x̂_0 so
+    the two agree (improved-diffusion's DDIM; diffusers' use_clipped_model_output=True). dynamic:
+    `dynamic_threshold`, ε̂ kept. A sampler that uses x̂_0 alone (DDPM's posterior mean,
+    DPM-Solver++'s data prediction) makes clip and clip_eps the same thing.
+    """
+    x0 = x0_from_eps(xt, eps, alpha_bar)
+    if mode == "none":
+        return x0, eps
+    if mode in ("clip", "clip_eps"):
+        clipped = x0.clamp(-1.0, 1.0)
+        return clipped, (eps_from_x0(xt, clipped, alpha_bar) if mode == "clip_eps" else eps)
+    if mode == "dynamic":
+        return dynamic_threshold(x0), eps
+    raise ValueError(f"unknown x0 mode {mode!r}; choose one of: {', '.join(X0_MODES)}")
+
+
 def p_mean_variance(
     sched: NoiseSchedule,
     xt: Tensor,
@@ -61,16 +113,22 @@ def p_mean_variance(
     eps: Tensor,
     variance: Variance = "fixed_small",
     clip_x0: bool = True,
+    x0_mode: Optional[X0Mode] = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """p_θ(x_{t-1} | x_t): mean through x̂_0 and the posterior, variance fixed (DDPM §3.2).
 
     fixed_small: σ_t² = β̃_t (the posterior's); fixed_large: σ_t² = β_t, with β̃_2 at t = 1
-    as in DDPM's code. clip_x0 clamps x̂_0 to [-1, 1], the data range.
-    Returns (mean, log σ_t², x̂_0).
+    as in DDPM's code. x0_mode (see `x0_and_eps`; None: clip_x0 says clip or none) handles x̂_0;
+    the mean uses x̂_0 alone, so clip and clip_eps agree. Returns (mean, log σ_t², x̂_0).
     """
     x0 = predict_x0_from_eps(sched, xt, t, eps)
-    if clip_x0:
+    mode = x0_mode or ("clip" if clip_x0 else "none")
+    if mode == "dynamic":
+        x0 = dynamic_threshold(x0)
+    elif mode in ("clip", "clip_eps"):
         x0 = x0.clamp(-1.0, 1.0)
+    elif mode != "none":
+        raise ValueError(f"unknown x0 mode {mode!r}; choose one of: {', '.join(X0_MODES)}")
     mean, _, log_var = q_posterior(sched, x0, xt, t)
     if variance == "fixed_large":
         large = torch.cat([sched.posterior_variance[1:2], sched.betas[1:]]) if sched.T > 1 else sched.betas
@@ -88,18 +146,20 @@ def p_sample_step(
     noise: Tensor,
     variance: Variance = "fixed_small",
     clip_x0: bool = True,
+    x0_mode: Optional[X0Mode] = None,
 ) -> tuple[Tensor, Tensor]:
     """One ancestral step x_t -> x_{t-1} = μ_θ + σ_t z (Algorithm 2); no noise is added at t = 0.
 
     Returns (x_{t-1}, x̂_0).
     """
-    mean, log_var, x0 = p_mean_variance(sched, xt, t, eps, variance, clip_x0)
+    mean, log_var, x0 = p_mean_variance(sched, xt, t, eps, variance, clip_x0, x0_mode)
     nonzero = (t != 0).to(xt.dtype).reshape(-1, *([1] * (xt.ndim - 1)))
     return mean + nonzero * torch.exp(0.5 * log_var) * noise, x0
 
 
 def sample_timesteps(batch: int, T: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
-    """t ~ Uniform{0, ..., T-1}: every step is trained. (B,) long."""
+    """t ~ Uniform{0, ..., T-1}: every step is trained. (B,) long on `device`; the generator must
+    live on that device too."""
     return torch.randint(0, T, (batch,), device=device, generator=generator)
 
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
 from ddpmkit.device import autocast
-from ddpmkit.samplers import Sampler, StepCallback, sample
-
-EpsModel = Callable[[Tensor, Tensor], Tensor]
+from ddpmkit.diffusion import EpsModel
+from ddpmkit.samplers import PerImageNoise, Sampler, StepCallback, sample
 
 
 def eps_fn(model: nn.Module, device: torch.device, precision: str = "auto") -> EpsModel:
@@ -33,18 +32,20 @@ def generate(
     batch_size: int,
     device: torch.device,
     callback: Optional[StepCallback] = None,
+    first: int = 0,
 ) -> Iterator[Tensor]:
     """Yield n images in batches: (b, C, H, W) in [-1, 1], clamped. shape = (C, H, W).
 
-    Batch k uses seed + k, so the first images do not depend on n. `callback(i, t, x, x0)`
-    sees every step of the first batch (i = -1: x_T before the first step, x0 None).
+    Image i (counted from `first`, so a run can be split into parts) draws all its noise from its
+    own generator seeded from (seed, i) (`samplers.noise`): it is the same image whatever n,
+    batch_size or device, for every sampler. `callback(i, t, x, x0)` sees every step of the
+    first batch (i = -1: x_T before the first step, x0 None).
     """
-    done, k = 0, 0
+    done = 0
     while done < n:
         b = min(batch_size, n - done)
-        gen = torch.Generator(device=device).manual_seed(seed + k)
-        x = sample(eps_model, sampler, (b, *shape), generator=gen, device=device,
-                   callback=callback if k == 0 else None)
+        noise = PerImageNoise(seed, first + done, b, device)
+        x = sample(eps_model, sampler, (b, *shape), generator=noise, device=device,
+                   callback=callback if done == 0 else None)
         yield x.clamp(-1, 1)
         done += b
-        k += 1

@@ -3,6 +3,11 @@
 Model-space images are float tensors (B, 3, H, W) in [-1, 1]; files hold 8-bit RGB. Every file
 is written through `io_utils.atomic_path`, so a reader never sees half of one. Whether an
 existing file may be overwritten is the caller's decision: these helpers just write.
+
+Grids are enlarged (nearest, by a whole factor) to a readable size by default: 16 faces of
+32 px tile to 138 px, a thumbnail on any screen. A GIF's frames share one palette (up to 255
+colours, no dithering), so unchanged pixels keep their index and Pillow stores them as
+transparent: only what changes costs bytes.
 """
 
 from __future__ import annotations
@@ -11,7 +16,6 @@ import math
 from pathlib import Path
 from typing import Sequence, Union
 
-import imageio.v3 as iio
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -23,6 +27,9 @@ from ddpmkit.errors import DdpmkitError
 from ddpmkit.io_utils import atomic_path
 
 Frame = Union[Image.Image, Tensor]
+
+READABLE_SIDE = 512  # default grids are enlarged until their longer side is at least this
+GIF_COLORS = 255  # one palette index stays free for Pillow's "unchanged pixel" transparency
 
 
 def to_uint8(x: Tensor) -> Tensor:
@@ -59,11 +66,31 @@ def save_png(img: Image.Image, path: Path | str) -> Path:
     return path
 
 
-def save_grid(x: Tensor, path: Path | str, nrow: int | None = None, padding: int = 2) -> Path:
-    """Write x: (B, 3, H, W) in [-1, 1] as one PNG grid at `path`. Returns the path."""
-    path = Path(path)
-    save_png(make_grid_image(x, nrow=nrow, padding=padding), path)
-    return path
+def readable_scale(width: int, height: int, min_side: int = READABLE_SIDE) -> int:
+    """The smallest whole factor that makes the longer of width, height at least min_side (>= 1)."""
+    return max(1, math.ceil(min_side / max(1, width, height)))
+
+
+def scale_nearest(img: Image.Image, factor: int) -> Image.Image:
+    """img enlarged factor times in each direction, nearest neighbour: pixels stay sharp squares."""
+    if factor < 1:
+        raise ValueError(f"scale factor must be a whole number >= 1, got {factor}")
+    if factor == 1:
+        return img
+    return img.resize((img.width * factor, img.height * factor), Image.Resampling.NEAREST)
+
+
+def save_grid(
+    x: Tensor, path: Path | str, nrow: int | None = None, padding: int = 2, scale: int | None = None
+) -> Path:
+    """Write x: (B, 3, H, W) in [-1, 1] as one PNG grid at `path`. Returns the path.
+
+    scale: None enlarges the grid (nearest) by the whole factor that makes its longer side
+    >= READABLE_SIDE (512) px, 1 keeps the native size, any other int is that factor.
+    """
+    grid = make_grid_image(x, nrow=nrow, padding=padding)
+    factor = readable_scale(*grid.size) if scale is None else int(scale)
+    return save_png(scale_nearest(grid, factor), path)
 
 
 def save_images(x: Tensor, out_dir: Path | str, prefix: str = "sample", start: int = 0) -> list[Path]:
@@ -97,18 +124,68 @@ def _frame_array(frame: Frame) -> np.ndarray:
                      f"not {tuple(frame.shape)}")
 
 
+def shared_palette(arrays: Sequence[np.ndarray], colors: int = GIF_COLORS) -> np.ndarray:
+    """One palette for all GIF frames, (colors, 3) uint8: black and white (grid padding, label
+    backgrounds: exact, not a median-cut average) and colors - 2 by median cut over a sample.
+
+    The last frame is counted twice: a GIF holds it longest. Pixels are subsampled 2x2 so a
+    long GIF of big grids stays quick to quantise.
+    """
+    step = max(1, len(arrays) // 8)
+    picks = [a[::2, ::2] for a in (*arrays[::step], arrays[-1], arrays[-1])]
+    mosaic = Image.fromarray(np.concatenate(picks, axis=0))
+    cut = mosaic.quantize(colors=colors - 2, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    entries = np.asarray(cut.getpalette() or [], dtype=np.uint8).reshape(-1, 3)[: colors - 2]
+    return np.concatenate([entries, np.array([[0, 0, 0], [255, 255, 255]], dtype=np.uint8)])
+
+
+def _nearest(points: np.ndarray, palette: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """(N, 3) colours -> (N,) uint8 index of the nearest palette colour (squared RGB distance)."""
+    pal = palette.astype(np.float32)
+    c2 = (pal**2).sum(1)
+    index = np.empty(len(points), dtype=np.uint8)
+    for s in range(0, len(points), chunk):  # |p - c|^2 = |p|^2 - 2 p.c + |c|^2; |p|^2 is the same for all c
+        block = points[s : s + chunk].astype(np.float32)
+        index[s : s + chunk] = np.argmin(c2[None, :] - 2.0 * block @ pal.T, axis=1)
+    return index
+
+
+def palette_lookup(palette: np.ndarray) -> np.ndarray:
+    """(64, 64, 64) uint8: for each 4x4x4 cell of RGB space, the palette colour nearest its centre.
+
+    Mapping a frame is then one table lookup a pixel, whatever the frame's size; a colour is
+    judged by its cell's centre, at most 1.5 levels a channel from itself. Pillow's own mapping
+    judges by the cell's corner, which turns white into the palette's nearest grey.
+    """
+    centres = np.arange(64, dtype=np.float32) * 4 + 1.5
+    grid = np.stack(np.meshgrid(centres, centres, centres, indexing="ij"), axis=-1).reshape(-1, 3)
+    return _nearest(grid, palette).reshape(64, 64, 64)
+
+
+def palette_image(arr: np.ndarray, palette: np.ndarray, lookup: np.ndarray) -> Image.Image:
+    """(H, W, 3) uint8 -> a "P" image of `palette` colours, via `palette_lookup`'s table."""
+    cell = arr >> 2
+    index = lookup[cell[..., 0], cell[..., 1], cell[..., 2]]
+    img = Image.frombytes("P", (arr.shape[1], arr.shape[0]), np.ascontiguousarray(index).tobytes())
+    img.putpalette(palette.reshape(-1).tolist())
+    return img
+
+
 def save_gif(
     frames: Sequence[Frame],
     path: Path | str,
     duration_ms: int = 80,
     hold_last_ms: int = 1000,
     loop: int = 0,
+    colors: int = GIF_COLORS,
 ) -> Path:
     """Write an animated GIF: each frame shown duration_ms, the last one hold_last_ms.
 
     frames: PIL images or tensors (see `_frame_array`), all the same size. loop=0 loops forever.
-    Pillow merges consecutive identical frames (adding their durations), so a GIF read back
-    can hold fewer frames than were given when some repeat.
+    Frames share one palette of `colors` (4..255; see `shared_palette`), without dithering, which
+    would add noise that does not compress, and Pillow's optimiser stores only what changed from
+    the frame before. Pillow merges consecutive identical frames (adding their durations), so a
+    GIF read back can hold fewer frames than were given.
     """
     if not frames:
         raise ValueError("save_gif needs at least one frame")
@@ -116,12 +193,17 @@ def save_gif(
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
         raise ValueError(f"GIF frames differ in size: {sorted(shapes)}")
+    if not 4 <= colors <= GIF_COLORS:
+        raise ValueError(f"colors must be 4..{GIF_COLORS}, got {colors}")
+    palette = shared_palette(arrays, colors)
+    lookup = palette_lookup(palette)
+    images = [palette_image(a, palette, lookup) for a in arrays]
     # a per-frame duration list holds the last frame without writing it twice
-    durations = [int(duration_ms)] * (len(arrays) - 1) + [int(hold_last_ms)]
+    durations = [int(duration_ms)] * (len(images) - 1) + [int(hold_last_ms)]
     path = Path(path)
     with atomic_path(path) as tmp:
-        iio.imwrite(tmp, np.stack(arrays), extension=".gif", plugin="pillow",
-                    duration=durations, loop=loop)
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=durations,
+                       loop=loop, optimize=True, disposal=1)
     return path
 
 
@@ -161,7 +243,4 @@ def center_square(img: Image.Image) -> Image.Image:
 
 def upscale_nearest(img: Image.Image, min_side: int = 256) -> Image.Image:
     """Enlarge img by a whole factor so its shorter side is >= min_side; pixels stay sharp."""
-    factor = math.ceil(min_side / max(1, min(img.size)))
-    if factor <= 1:
-        return img
-    return img.resize((img.width * factor, img.height * factor), Image.Resampling.NEAREST)
+    return scale_nearest(img, max(1, math.ceil(min_side / max(1, min(img.size)))))

@@ -2,7 +2,8 @@
 
 Index convention: arrays are indexed by t = 0..T-1, where index t holds the paper's step t+1.
 So `betas[0]` is β_1 and `alphas_cumprod[t]` is ᾱ_{t+1} = Π_{s<=t+1} α_s. Every quantity is
-computed in float64; `extract` casts to the working dtype only at the point of use.
+computed in float64 on the device of the β it is built from (float32 on MPS, which lacks
+float64); `extract` casts to the working dtype only at the point of use.
 """
 
 from __future__ import annotations
@@ -49,12 +50,27 @@ class NoiseSchedule:
 
     @classmethod
     def from_betas(cls, betas: Tensor) -> "NoiseSchedule":
-        betas = betas.to(torch.float64)
-        if betas.ndim != 1 or not ((betas > 0) & (betas < 1)).all():
+        """The schedule of these β_t: (T,) with 0 < β_t < 1, on any device (the tables stay there)."""
+        betas = betas.to(_table_dtype(betas.device))
+        # a meta tensor has no values to check; every real device is checked (one sync, once)
+        if betas.ndim != 1 or not (betas.is_meta or ((betas > 0) & (betas < 1)).all()):
             raise ValueError("betas must be a 1-D tensor with 0 < β_t < 1")
+        return cls._derive(betas)
+
+    @classmethod
+    def from_alphas_cumprod(cls, alphas_cumprod: Tensor) -> "NoiseSchedule":
+        """The schedule whose ᾱ are exactly these, a decreasing (N,) tensor on any device (used to
+        respace onto a subset of steps: β'_i = 1 - ᾱ_i/ᾱ_{i-1}, with ᾱ_{-1} = 1)."""
+        a = alphas_cumprod.to(_table_dtype(alphas_cumprod.device))
+        prev = torch.cat([a.new_ones(1), a[:-1]])
+        return cls._derive(1.0 - a / prev)
+
+    @classmethod
+    def _derive(cls, betas: Tensor) -> "NoiseSchedule":
+        """Every table from β, computed on β's device and in its dtype."""
         alphas = 1.0 - betas
         alphas_cumprod = torch.cumprod(alphas, dim=0)
-        alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+        alphas_cumprod_prev = torch.cat([betas.new_ones(1), alphas_cumprod[:-1]])
         posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
         # β̃_1 = 0: log would be -inf, so the first entry borrows β̃_2 (as in DDPM's code)
         log_var = torch.log(torch.cat([posterior_variance[1:2], posterior_variance[1:]]))
@@ -76,13 +92,6 @@ class NoiseSchedule:
         )
 
     @classmethod
-    def from_alphas_cumprod(cls, alphas_cumprod: Tensor) -> "NoiseSchedule":
-        """The schedule whose ᾱ are exactly these (used to respace onto a subset of steps)."""
-        a = alphas_cumprod.to(torch.float64)
-        prev = torch.cat([torch.ones(1, dtype=torch.float64), a[:-1]])
-        return cls.from_betas(1.0 - a / prev)
-
-    @classmethod
     def from_config(cls, cfg) -> "NoiseSchedule":  # cfg: settings.DiffusionConfig
         if cfg.schedule == "linear":
             return cls.from_betas(linear_betas(cfg.timesteps, cfg.beta_start, cfg.beta_end))
@@ -94,10 +103,19 @@ class NoiseSchedule:
     def T(self) -> int:
         return len(self.betas)
 
+    @property
+    def device(self) -> torch.device:
+        return self.betas.device
+
     def to(self, device: torch.device | str) -> "NoiseSchedule":
         """A copy with every tensor on `device` (float64 kept; MPS, which lacks it, gets float32)."""
-        dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64
+        dtype = _table_dtype(torch.device(device))
         return NoiseSchedule(**{f.name: getattr(self, f.name).to(device, dtype) for f in fields(self)})
+
+
+def _table_dtype(device: torch.device) -> torch.dtype:
+    """float64 for the tables, except on MPS, which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def extract(a: Tensor, t: Tensor, x: Tensor) -> Tensor:

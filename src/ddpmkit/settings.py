@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
@@ -20,6 +21,9 @@ from ddpmkit.io_utils import read_text_lines
 
 PRESET_DIR = Path(__file__).parent / "presets"
 DEFAULT_PRESET = "demo"
+# The machine each preset is sized for (the rule of the README's preset table): a CPU preset trains
+# in minutes to hours on a laptop; a GPU preset is a paper's model, days on a CPU.
+PRESET_MACHINE = {"demo": "cpu", "celeba32": "cpu", "celeba64": "gpu", "celeba128": "gpu"}
 DATA_ROOT_ENV = "DDPMKIT_DATA_ROOT"
 MAX_SEED = 2**63 - 1  # torch seeds are 64-bit; seed + rank offsets must stay below 2**64
 
@@ -140,9 +144,16 @@ class TrainConfig(_Section):
     log_every: int = Field(50, ge=1)
     sample_every: int = Field(1000, ge=0, description="EMA sample grid every N steps; 0 = off")
     ckpt_every: int = Field(5000, ge=0, description="checkpoint every N steps; 0 = only at the end")
-    keep_checkpoints: int = Field(3, ge=1)
+    keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept; older ones are deleted")
+    keep_full: int = Field(
+        1, ge=1, description="the newest N kept checkpoints keep everything; older ones keep only "
+        "ema.safetensors (enough to sample, not to resume)"
+    )
     num_samples: int = Field(16, ge=1, description="images in each training sample grid")
-    tensorboard: bool = Field(True, description="also write TensorBoard events if tensorboard is installed")
+    report: bool = Field(True, description="write report.html into the run at every checkpoint")
+    tensorboard: bool = Field(
+        False, description="also log scalars and sample grids for TensorBoard (pip install 'ddpmkit[tensorboard]')"
+    )
 
 
 class SampleConfig(_Section):
@@ -150,16 +161,41 @@ class SampleConfig(_Section):
 
     sampler: Literal["ddpm", "ddim", "dpmsolver++"] = "ddpm"
     steps: Optional[int] = Field(None, ge=1, description="network calls; None = T for ddpm, 50 otherwise")
-    spacing: Literal["uniform", "quadratic", "trailing"] = "uniform"
+    spacing: Optional[Literal["uniform", "trailing", "leading", "quadratic"]] = Field(
+        None, description="which training steps to visit (uniform = diffusers' linspace); None = the "
+        "sampler's default, chosen by measurement (trailing for every sampler today)"
+    )
     eta: float = Field(0.0, ge=0.0, description="DDIM stochasticity: 0 = deterministic, 1 = DDPM-like")
     variance: Literal["fixed_small", "fixed_large"] = "fixed_small"
-    clip_x0: bool = True
+    x0: Literal["none", "clip", "clip_eps", "dynamic"] = Field(
+        "clip_eps",
+        description="what samplers do with the predicted x_0: none; clip to [-1, 1]; clip and recompute "
+        "eps from it (clip_eps); dynamic thresholding (Saharia et al. 2022, p = 0.995)",
+    )
     n: int = Field(16, ge=1)
     batch_size: int = Field(64, ge=1)
-    seed: int = Field(0, ge=0, le=MAX_SEED)
+    seed: int = Field(0, description="image i of seed s is the same for any n, batch size or device")
     use_ema: bool = True
     out_dir: Path = Path("outputs/samples")
     gif_frames: int = Field(40, ge=2)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _clip_x0_alias(cls, data: Any) -> Any:
+        """`clip_x0: bool`, the older setting (stored in checkpoints), means x0 clip_eps / none.
+        Given, it overrides x0: it can only come from old settings or a user who typed it."""
+        if isinstance(data, dict) and "clip_x0" in data:
+            data = dict(data)
+            flag = data.pop("clip_x0")
+            if not isinstance(flag, bool):
+                raise ValueError(f"clip_x0 must be true or false (got {flag!r}); prefer x0: none|clip|clip_eps|dynamic")
+            data["x0"] = "clip_eps" if flag else "none"
+        return data
+
+    @property
+    def clip_x0(self) -> bool:
+        """The older flag, read-only: whether x_0 is clamped in any way."""
+        return self.x0 != "none"
 
 
 FID_WEIGHTS_ENV = "DDPMKIT_FID_WEIGHTS"
@@ -229,6 +265,27 @@ class Settings(_Section):
 
 def available_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+@dataclass(frozen=True)
+class PresetInfo:
+    """What a preset is for: its data, image size and machine (cpu or gpu)."""
+
+    name: str
+    dataset: str
+    size: int
+    machine: str
+
+
+def preset_info(name: str) -> PresetInfo:
+    data = preset_dict(name).get("data", {}) or {}
+    defaults = DataConfig.model_fields
+    return PresetInfo(
+        name,
+        str(data.get("dataset", defaults["dataset"].default)),
+        int(data.get("size", defaults["size"].default)),
+        PRESET_MACHINE.get(name, "gpu"),
+    )
 
 
 def read_yaml(path: Path, what: str) -> dict[str, Any]:
@@ -303,11 +360,15 @@ def build_settings(
     config: Path | None = None,
     overrides: dict[str, Any] | None = None,
     sets: list[str] | None = None,
+    preset_patch: dict[str, Any] | None = None,
 ) -> Settings:
-    """Resolve the settings. Raises DdpmkitError with a one-line message on any bad input."""
+    """Resolve the settings. Raises DdpmkitError with a one-line message on any bad input.
+
+    `preset_patch` changes the preset itself (below --config and --set): e.g. the preset fitted to
+    another image size by `ddpmkit train --size`."""
     file_dict = read_yaml(Path(config), "config file") if config is not None else {}
-    preset = preset or file_dict.get("preset") or DEFAULT_PRESET
-    merged = preset_dict(str(preset))
+    preset = preset_name(preset, config, file_dict)
+    merged = deep_merge(preset_dict(preset), preset_patch or {})
     sources = [f"preset '{preset}'"]
     if config is not None:
         merged = deep_merge(merged, file_dict)
@@ -322,6 +383,15 @@ def build_settings(
         return Settings.model_validate(merged)
     except ValidationError as e:
         raise DdpmkitError(format_validation_error(e, " + ".join(sources))) from None
+
+
+def preset_name(preset: str | None, config: Path | None, file_dict: dict[str, Any] | None = None) -> str:
+    """The preset in effect: --preset, else the config file's `preset:`, else the default."""
+    if preset:
+        return str(preset)
+    if file_dict is None:
+        file_dict = read_yaml(Path(config), "config file") if config is not None else {}
+    return str(file_dict.get("preset") or DEFAULT_PRESET)
 
 
 def settings_from_dict(data: dict[str, Any], source: str) -> Settings:

@@ -9,11 +9,14 @@ from typing import Any, Callable, Optional, TypeVar
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
+from rich.markup import escape
 from typing_extensions import Annotated
 
 from ddpmkit.errors import DdpmkitError
+from ddpmkit.progress import make_console
 from ddpmkit.settings import (
+    DEFAULT_PRESET,
+    PRESET_MACHINE,
     SampleConfig,
     Settings,
     available_presets,
@@ -23,14 +26,17 @@ from ddpmkit.settings import (
     read_yaml,
 )
 
-console = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+# stderr for messages and progress, stdout for results; neither wraps lines when piped to a file
+console = make_console(stderr=True)
+out = make_console(stderr=False)
+RUNS = Path("runs")
 
 ConfigOpt = Annotated[
     Optional[Path], typer.Option("--config", "-c", help="YAML settings file (overrides the preset).")
 ]
+_PRESETS = ", ".join(f"{p} ({PRESET_MACHINE.get(p, 'gpu').upper()})" for p in available_presets())
 PresetOpt = Annotated[
-    Optional[str], typer.Option("--preset", help=f"Starting settings: {', '.join(available_presets())} (default demo).")
+    Optional[str], typer.Option("--preset", help=f"Starting settings: {_PRESETS}.")
 ]
 SetOpt = Annotated[
     Optional[list[str]], typer.Option("--set", help="Override any setting: --set train.lr=1e-4 (repeatable).")
@@ -87,6 +93,10 @@ def resolve_sample_config(
     try:
         cfg = SampleConfig.model_validate({**stored.model_dump(), **user})
     except ValidationError as e:
+        field = str(e.errors()[0]["loc"][0])
+        if options.get(field) is not None:  # name the option the user typed
+            msg = e.errors()[0]["msg"].removeprefix("Value error, ")
+            raise DdpmkitError(f"--{field.replace('_', '-')} {options[field]}: {msg}") from None
         raise DdpmkitError(format_validation_error(e, "sample options")) from None
     steps = cfg.steps or default_steps(cfg.sampler, T)
     if steps > T:
@@ -96,3 +106,52 @@ def resolve_sample_config(
 
 def is_tty() -> bool:
     return sys.stderr.isatty()
+
+
+@functools.lru_cache(maxsize=None)
+def _preset_settings(preset: str) -> Settings:
+    return build_settings(preset=preset)
+
+
+def from_preset(help_text: str, key: str, preset: str = DEFAULT_PRESET, what: str = "preset") -> str:
+    """`help_text` with the default that `section.key` takes from the preset, e.g.
+    "Stop after this many steps. [default: from preset; demo: 1500]" (nothing added where the
+    preset leaves it unset). For --help: reads one YAML file, never imports torch."""
+    section, name = key.split(".")
+    value = getattr(getattr(_preset_settings(preset), section), name)
+    if value is None:
+        return help_text
+    if isinstance(value, bool):
+        value = "on" if value else "off"
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = f"{value:,}" if isinstance(value, int) else f"{value:g}"
+    return f"{help_text} " + escape(f"[default: from {what}; {preset}: {value}]")
+
+
+def default_is(text: str) -> str:
+    """A help text's "[default: ...]" for a default that is not a plain value (rich-escaped)."""
+    return escape(f"[default: {text}]")
+
+
+def newest_run(root: Path = RUNS, need_checkpoint: bool = False) -> Path:
+    """The run directory under `root` touched last (its log, settings or latest checkpoint);
+    with need_checkpoint, only runs holding a checkpoint to sample from."""
+    runs = [p for p in root.iterdir() if _is_run(p, need_checkpoint)] if root.is_dir() else []
+    if not runs:
+        what = "run with a checkpoint" if need_checkpoint else "run directory"
+        raise DdpmkitError(f"no RUN given and no {what} under {root}/: give RUN, or train one first (ddpmkit train)")
+
+    def touched(p: Path) -> float:
+        files = [p / "log.jsonl", p / "config.yaml", p / "checkpoints" / "latest", p]
+        return max(f.stat().st_mtime for f in files if f.exists())
+
+    return max(runs, key=touched)
+
+
+def _is_run(p: Path, need_checkpoint: bool) -> bool:
+    if not (p.is_dir() and ((p / "config.yaml").is_file() or (p / "checkpoints").is_dir())):
+        return False
+    if not need_checkpoint:
+        return True
+    steps = (p / "checkpoints").glob("step_*") if (p / "checkpoints").is_dir() else []
+    return any((d / "ema.safetensors").is_file() or (d / "model.safetensors").is_file() for d in steps)

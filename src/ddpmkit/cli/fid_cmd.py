@@ -1,29 +1,57 @@
-"""`ddpmkit fid`: FID of a checkpoint's samples, an image folder or a prepared cache, against a reference."""
+"""`ddpmkit fid`: FID of a checkpoint's samples, an image folder or a prepared cache, against a reference.
+
+Long work shows progress on stderr (`cli.progress`): sampling, then Inception features of the
+reference unless its statistics are cached. Fewer than 2,048 images give a warning: the FID of a
+small set is biased upwards, so it is comparable only with FIDs of as many images.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import typer
 from rich.table import Table
 from typing_extensions import Annotated
 
-from ddpmkit.cli.common import (
-    ConfigOpt,
-    PresetOpt,
-    SetOpt,
-    console,
-    out,
-    resolve_sample_config,
-    resolve_settings,
-    user_errors,
-)
+from ddpmkit.cli.common import ConfigOpt, PresetOpt, console, out, resolve_sample_config, user_errors
+from ddpmkit.cli.options import preset_default, set_option, settings_with_options
+from ddpmkit.cli.progress import work_progress
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.io_utils import write_text_atomic
 from ddpmkit.settings import Settings
+
+if TYPE_CHECKING:
+    from ddpmkit.fid import ImageSource
+
+SetOpt = set_option("fid.ref_split=test")
+# below the Inception features' dimension the covariance estimate is singular; papers use 50,000
+COMPARABLE_N = 2048
+
+
+def warn_if_few(count: int, what: str) -> None:
+    """Warn (stderr) that an FID from fewer than 2,048 images is not a number to compare with papers."""
+    if count < COMPARABLE_N:
+        console.print(
+            f"warning: {what} has {count:,} images, fewer than {COMPARABLE_N:,}: the FID is biased upwards "
+            "and not comparable with papers (50,000 images) or with FIDs of other sample sizes",
+            markup=False, highlight=False, soft_wrap=True,
+        )
+
+
+def _with_progress(source: "ImageSource") -> "ImageSource":
+    """The same source (same identity, so cached stats still match) whose reading shows progress."""
+
+    def read(batch_size: int) -> Iterator[Any]:
+        with work_progress(console, f"Inception features of {source.label}", total=source.count) as bar:
+            for batch in source.read(batch_size):
+                yield batch
+                bar.advance(len(batch))
+
+    return dataclasses.replace(source, read=read)
 
 
 def _image_source(path: Path, split: str, n: Optional[int]):
@@ -42,18 +70,23 @@ def _stats_of(path: Path, split: str, n: Optional[int], ex, cache_dir: Path, wha
     from ddpmkit.fid import FidStats
 
     if path.is_file() and path.suffix == ".npz":
-        return FidStats.load(path), {"kind": "stats", "path": str(path)}
+        stats = FidStats.load(path)
+        warn_if_few(stats.count, what)
+        return stats, {"kind": "stats", "path": str(path)}
     if not path.exists():
         raise DdpmkitError(f"{what} not found: {path}")
     source = _image_source(path, split, n)
     if source is None:
         raise DdpmkitError(f"{what} {path} is not an image folder, a prepared cache or a .npz stats file")
-    return _source_stats(source, ex, cache_dir)
+    return _source_stats(source, ex, cache_dir, what)
 
 
-def _source_stats(source, ex, cache_dir: Path):
+def _source_stats(source, ex, cache_dir: Path, what: str):
     """(stats, description) of an ImageSource, its statistics cached under `cache_dir`."""
-    stats, cached, reused = ex.source_stats(source, cache_dir)
+    warn_if_few(source.count, what)
+    stats, cached, reused = ex.source_stats(_with_progress(source), cache_dir)
+    if reused:
+        console.print(f"{what}: reused the Inception statistics cached in {cached}", markup=False, highlight=False, soft_wrap=True)
     desc = {"kind": source.identity["kind"], "path": source.origin or source.label, "stats_cache": str(cached) if cached else None, "reused": reused}
     if "split" in source.identity:
         desc["split"] = source.identity["split"]
@@ -71,10 +104,20 @@ def _generated_stats(path: Path, asked: Settings, ex, dev, config, sets, opts: d
     model, settings, step = load_model(path, dev, fallback_settings=asked)
     cfg = resolve_sample_config(settings.sample, settings.diffusion.timesteps, config, sets, opts)
     sampler = make_sampler(NoiseSchedule.from_config(settings.diffusion).to(dev), cfg)
-    n = asked.fid.n
+    n, calls = asked.fid.n, len(sampler.timesteps)
+    warn_if_few(n, "SOURCE")
     shape = (settings.model.in_channels, settings.data.size, settings.data.size)
-    images = generate(eps_fn(model, dev), sampler, n, shape, seed=cfg.seed, batch_size=cfg.batch_size, device=dev)
-    stats = ex.stats((to_uint8(x) for x in images), limit=n)
+    eps = eps_fn(model, dev)
+    what = f"sampling {n:,} images ({cfg.sampler}, {calls} steps, on {dev}) for their Inception features"
+    with work_progress(console, what, total=n) as bar:
+
+        def counted_eps(x, t):  # each network call is 1/calls of a batch's work
+            e = eps(x, t)
+            bar.advance(x.shape[0] / calls)
+            return e
+
+        images = generate(counted_eps, sampler, n, shape, seed=cfg.seed, batch_size=cfg.batch_size, device=dev)
+        stats = ex.stats((to_uint8(x) for x in images), limit=n)
     desc = {"kind": "checkpoint", "path": str(path), "sampler": cfg.sampler, "steps": cfg.steps, "eta": cfg.eta,
             "seed": cfg.seed, "checkpoint_step": step}
     return stats, desc, settings
@@ -98,10 +141,10 @@ def _table(result: dict[str, Any]) -> Table:
 
 @user_errors
 def fid(
-    source: Annotated[Path, typer.Argument(help="Run directory / checkpoint (its samples), image folder, prepared cache or .npz stats.")],
-    reference: Annotated[Optional[Path], typer.Argument(help="Image folder, prepared cache or .npz stats (default: the prepared split fid.ref_split or data.split).")] = None,
-    n: Annotated[Optional[int], typer.Option("--n", help="Images from SOURCE: samples to generate (fid.n), or the first n of a folder/cache.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per batch, for sampling and for Inception.")] = None,
+    source: Annotated[Path, typer.Argument(metavar="SOURCE", help="Run directory / checkpoint (its samples), image folder, prepared cache or .npz stats.")],
+    reference: Annotated[Optional[Path], typer.Argument(metavar="REFERENCE", help="Image folder, prepared cache or .npz stats (default: the prepared split fid.ref_split or data.split).")] = None,
+    n: Annotated[Optional[int], typer.Option("--n", help=f"Images from SOURCE: samples to generate, fid.n ({preset_default('fid.n')}); or the first n of a folder/cache.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help=f"Images per batch, for sampling and for Inception, fid.batch_size ({preset_default('fid.batch_size')}).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Sampling seed.")] = None,
     sampler: Annotated[Optional[str], typer.Option(help="ddpm, ddim or dpmsolver++.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Sampler steps (network calls).")] = None,
@@ -112,52 +155,37 @@ def fid(
     preset: PresetOpt = None,
     sets: SetOpt = None,
 ) -> None:
-    """Fréchet Inception Distance (pytorch-fid's Inception-v3 pool3 features), offline."""
-    from ddpmkit.device import resolve_device
-    from ddpmkit.fid import FidExtractor, frechet_distance
+    """Fréchet Inception Distance (pytorch-fid's Inception-v3 pool3 features), offline.
 
+    Examples:
+      ddpmkit fid runs/demo --n 2048
+      ddpmkit fid my_images/ reference_stats.npz
+      ddpmkit fid runs/celeba64 --sampler ddim --steps 50 --set fid.ref_split=test
+    Without REFERENCE, a model's samples are compared with the data it was trained on.
+    """
     start = time.perf_counter()
     if not source.exists():
         raise DdpmkitError(f"SOURCE not found: {source}")
     if out_json is not None and out_json.exists() and not force:
         raise DdpmkitError(f"{out_json} already exists; pass --force to overwrite it")
-    asked = resolve_settings(
-        config, preset, sets,
-        {"train": {"device": device}, "fid": {"n": n, "batch_size": batch_size}},
-    )
+    options = {"--n": ("fid.n", n), "--batch-size": ("fid.batch_size", batch_size), "--device": ("train.device", device)}
+    asked = settings_with_options(config, preset, sets, options)
+    # lazy, and after the checks above: torch loads for the work, not for --help or a typo
+    from ddpmkit.device import resolve_device
+    from ddpmkit.fid import FidExtractor, frechet_distance
+
     dev = resolve_device(asked.train.device)
     f = asked.fid
     ex = FidExtractor(f.weights, dev, f.batch_size, f.verify_weights)
     stats_dir = Path(asked.data.cache_dir) / "fid"
-
-    ref_settings = asked
-    is_stats_or_images = (source.is_file() and source.suffix == ".npz") or (
-        source.is_dir() and _image_source(source, asked.data.split, None) is not None
-    )
-    if is_stats_or_images:
-        src_stats, src_desc = _stats_of(source, asked.data.split, n, ex, stats_dir, "SOURCE")
-    else:
-        opts = {"sampler": sampler, "steps": steps, "seed": seed, "batch_size": batch_size}
-        src_stats, src_desc, ref_settings = _generated_stats(source, asked, ex, dev, config, sets, opts)
-
-    split = f.ref_split or ref_settings.data.split
-    if reference is None:
-        from ddpmkit.fid import default_reference
-
-        # a checkpoint's samples are compared with the data it was trained on (its size and crop)
-        ref_source = default_reference(ref_settings.data, split, f.ref_n)
-        ref_stats, ref_desc = _source_stats(ref_source, ex, stats_dir)
-    else:
-        ref_stats, ref_desc = _stats_of(reference, split, f.ref_n, ex, stats_dir, "REFERENCE")
-
+    sample_opts = {"sampler": sampler, "steps": steps, "seed": seed, "batch_size": batch_size}
+    src_stats, src_desc, ref_settings = _source_side(source, n, asked, ex, dev, stats_dir, (config, sets, sample_opts))
+    ref_stats, ref_desc = _reference_side(reference, ref_settings, f, ex, stats_dir)
     result: dict[str, Any] = {
         "fid": frechet_distance(src_stats, ref_stats),
         "n": src_stats.count,
         "reference_n": ref_stats.count,
-        "sampler": src_desc.get("sampler"),
-        "steps": src_desc.get("steps"),
-        "seed": src_desc.get("seed"),
-        "checkpoint_step": src_desc.get("checkpoint_step"),
+        **{k: src_desc.get(k) for k in ("sampler", "steps", "seed", "checkpoint_step")},
         "time_s": time.perf_counter() - start,
         "source": src_desc,
         "reference": ref_desc,
@@ -166,4 +194,28 @@ def fid(
     out.print(_table(result))
     if out_json is not None:
         write_text_atomic(out_json, json.dumps(result, indent=2) + "\n")
-        console.print(f"wrote {out_json}")
+        console.print(f"wrote {out_json}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _source_side(source: Path, n: Optional[int], asked: Settings, ex, dev, stats_dir: Path, sampling: tuple):
+    """(stats, description, settings of the data to compare with) for SOURCE: a stats file or
+    images as they are, else a checkpoint's samples (then the settings are the checkpoint's)."""
+    is_stats_or_images = (source.is_file() and source.suffix == ".npz") or (
+        source.is_dir() and _image_source(source, asked.data.split, None) is not None
+    )
+    if is_stats_or_images:
+        stats, desc = _stats_of(source, asked.data.split, n, ex, stats_dir, "SOURCE")
+        return stats, desc, asked
+    config, sets, sample_opts = sampling
+    return _generated_stats(source, asked, ex, dev, config, sets, sample_opts)
+
+
+def _reference_side(reference: Optional[Path], ref_settings: Settings, f, ex, stats_dir: Path):
+    """(stats, description) of REFERENCE, by default the prepared split of the data SOURCE was trained on."""
+    split = f.ref_split or ref_settings.data.split
+    if reference is not None:
+        return _stats_of(reference, split, f.ref_n, ex, stats_dir, "REFERENCE")
+    from ddpmkit.fid import default_reference
+
+    # a checkpoint's samples are compared with the data it was trained on (its size and crop)
+    return _source_stats(default_reference(ref_settings.data, split, f.ref_n), ex, stats_dir, "REFERENCE")

@@ -10,11 +10,13 @@ import typer
 from rich.table import Table
 from typing_extensions import Annotated
 
-from ddpmkit.cli.common import ConfigOpt, PresetOpt, SetOpt, out, resolve_settings, user_errors
+from ddpmkit.cli.common import ConfigOpt, PresetOpt, out, resolve_settings, user_errors
+from ddpmkit.cli.options import set_option
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.settings import Settings
 
 PREVIEW_DIR = Path("outputs/previews")  # dataset previews: inspect never writes into a cache
+SetOpt = set_option("model.ch=64")
 
 
 def _settings_table(settings: Settings, title: str) -> Table:
@@ -113,13 +115,20 @@ def _inspect_cache(path: Path, preview: Optional[Path]) -> None:
 
 @user_errors
 def inspect(
-    path: Annotated[Optional[Path], typer.Argument(help="Run directory, checkpoint, .safetensors, settings YAML or prepared dataset cache. Omitted: the resolved settings.")] = None,
+    path: Annotated[Optional[Path], typer.Argument(metavar="PATH", help="Run directory, checkpoint, .safetensors, settings YAML or prepared dataset cache. Omitted: the resolved settings.")] = None,
     preview: Annotated[Optional[Path], typer.Option(help=f"For a dataset cache: write the preview grid PNG here (default {PREVIEW_DIR}/CACHE.png).")] = None,
     config: ConfigOpt = None,
     preset: PresetOpt = None,
     sets: SetOpt = None,
 ) -> None:
-    """Show what PATH holds: step, settings, parameter count, EMA; or dataset counts."""
+    """Show what PATH holds: step, settings, parameter count, EMA; or dataset counts.
+
+    Examples:
+      ddpmkit inspect runs/demo
+      ddpmkit inspect data/cache/celeba-official-64-ddim-train-3f2a9c1b04de
+      ddpmkit inspect --preset celeba64 --set model.ch=64
+    Without PATH: the settings a command would use, and the model's parameter count.
+    """
     if path is None:
         settings = resolve_settings(config, preset, sets)
         out.print(_settings_table(settings, f"settings (preset {settings.preset})"))

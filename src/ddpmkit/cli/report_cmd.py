@@ -8,25 +8,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from ddpmkit.cli.common import console, out, user_errors
-from ddpmkit.errors import DdpmkitError
-
-RUNS = Path("runs")
-
-
-def newest_run(root: Path = RUNS) -> Path:
-    """The run directory under `root` touched last (its log, settings or latest checkpoint)."""
-    from ddpmkit.report import is_run_dir
-
-    runs = [p for p in root.iterdir() if is_run_dir(p)] if root.is_dir() else []
-    if not runs:
-        raise DdpmkitError(f"no RUN given and no run directory under {root}/: give the run to report on")
-
-    def touched(p: Path) -> float:
-        files = [p / "log.jsonl", p / "config.yaml", p / "checkpoints" / "latest", p]
-        return max(f.stat().st_mtime for f in files if f.exists())
-
-    return max(runs, key=touched)
+from ddpmkit.cli.common import console, newest_run, out, user_errors
 
 
 @user_errors

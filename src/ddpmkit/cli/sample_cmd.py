@@ -1,10 +1,17 @@
-"""`ddpmkit sample`: images, a grid and optionally a GIF of the denoising, from a checkpoint."""
+"""`ddpmkit sample`: images, a grid and optionally a GIF of the denoising, from a checkpoint.
+
+Every option is checked before anything is printed or created. Images are written batch by
+batch as they are made (a huge --n never fills memory, and a long run shows results early):
+grid.png from the first images after the first batch, denoise.gif right after the first batch.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 import typer
 from typing_extensions import Annotated
@@ -14,6 +21,9 @@ from ddpmkit.cli.common import (
     PresetOpt,
     SetOpt,
     console,
+    default_is,
+    from_preset,
+    newest_run,
     resolve_sample_config,
     resolve_settings,
     user_errors,
@@ -22,92 +32,198 @@ from ddpmkit.errors import DdpmkitError
 from ddpmkit.io_utils import free_dir
 
 if TYPE_CHECKING:
-    from PIL import Image
+    from torch import Tensor
 
+    from ddpmkit.progress import Progress
     from ddpmkit.settings import SampleConfig
+
+GRID_MAX = 64  # grid.png shows the first 64 images at most (8x8)
+MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; batch k uses seed + k
+RUN = "the run's settings"
 
 
 @user_errors
 def sample(
-    checkpoint: Annotated[Optional[Path], typer.Argument(help="Run directory, checkpoint folder or .safetensors (default: the settings' run_dir).")] = None,
-    n: Annotated[Optional[int], typer.Option("--n", help="Number of images.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed: the same seed gives the same images.")] = None,
-    sampler: Annotated[Optional[str], typer.Option(help="ddpm, ddim or dpmsolver++.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Network calls (default: T for ddpm, 50 otherwise).")] = None,
-    eta: Annotated[Optional[float], typer.Option(help="DDIM η: 0 deterministic, 1 DDPM-like.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
-    gif: Annotated[bool, typer.Option("--gif", help="Also write denoise.gif: x_T to x_0.")] = False,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: outputs/samples/RUN-stepN-...).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Write into --out even if it holds files.")] = False,
-    no_ema: Annotated[bool, typer.Option("--no-ema", help="Use the raw weights instead of the EMA.")] = False,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Argument(metavar="[RUN]", help="Run directory, checkpoint folder or .safetensors. " + default_is("the newest run under runs/"), show_default=False)] = None,  # noqa: E501
+    n: Annotated[Optional[int], typer.Option("--n", help=from_preset("Number of images.", "sample.n", what=RUN))] = None,
+    seed: Annotated[Optional[int], typer.Option(help=from_preset("Seed: the same seed gives the same images.", "sample.seed", what=RUN))] = None,  # noqa: E501
+    sampler: Annotated[Optional[str], typer.Option(help=from_preset("ddpm, ddim or dpmsolver++.", "sample.sampler", what=RUN))] = None,
+    steps: Annotated[Optional[int], typer.Option(help=from_preset("Network calls (unset: T for ddpm, 50 otherwise).", "sample.steps", what=RUN))] = None,  # noqa: E501
+    eta: Annotated[Optional[float], typer.Option(help=from_preset("DDIM η: 0 deterministic, 1 DDPM-like.", "sample.eta", what=RUN))] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help=from_preset("Images per batch.", "sample.batch_size", what=RUN))] = None,  # noqa: E501
+    gif: Annotated[bool, typer.Option("--gif", metavar="", help="Also write denoise.gif: x_T to x_0 (the first batch).")] = False,
+    scale: Annotated[Optional[int], typer.Option("--scale", help="Enlarge grid.png by this whole factor (nearest). " + default_is("to a readable size"), show_default=False)] = None,  # noqa: E501
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder. " + default_is("outputs/samples/RUN-stepN-SAMPLERSTEPS-seedS"), show_default=False)] = None,  # noqa: E501
+    force: Annotated[bool, typer.Option("--force", metavar="", help="Write into --out even if it holds files.")] = False,
+    no_ema: Annotated[bool, typer.Option("--no-ema", metavar="", help="Use the raw weights instead of the EMA.")] = False,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps. " + default_is("auto"), show_default=False)] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", metavar="", show_default=False, help="A bar in a terminal, plain lines when piped (default); --no-progress: neither.")] = True,  # noqa: E501
     config: ConfigOpt = None,
     preset: PresetOpt = None,
     sets: SetOpt = None,
 ) -> None:
-    """Generate faces with a trained model: grid.png, images/*.png and (--gif) denoise.gif."""
-    # lazy: torch and the model code load when the command runs, not for `ddpmkit --help`
-    import torch
+    """Generate faces with a trained model: grid.png, images/*.png and (--gif) denoise.gif.
 
-    from ddpmkit.checkpoint import load_model
+    Example: ddpmkit sample --n 64 --gif   (the newest run under runs/)
+    """
+    # lazy: torch and the model code load when the command runs, not for `ddpmkit --help`
+    from ddpmkit.checkpoint import load_model, resolve_checkpoint
     from ddpmkit.device import resolve_device
-    from ddpmkit.generate import eps_fn, generate
-    from ddpmkit.images import save_gif, save_grid, save_images
     from ddpmkit.samplers import make_sampler
     from ddpmkit.schedule import NoiseSchedule
 
     asked = resolve_settings(config, preset, sets, {"train": {"device": device}})
     dev = resolve_device(asked.train.device)
-    path = checkpoint or asked.train.run_dir
+    path = checkpoint if checkpoint is not None else newest_run(need_checkpoint=True)
     model, settings, step = load_model(path, dev, use_ema=not no_ema, fallback_settings=asked)
     options = {"n": n, "seed": seed, "sampler": sampler, "steps": steps, "eta": eta, "batch_size": batch_size}
     cfg = resolve_sample_config(settings.sample, settings.diffusion.timesteps, config, sets, options)
-    smp = make_sampler(NoiseSchedule.from_config(settings.diffusion).to(dev), cfg)
+    check_options(cfg, scale)
+    sched = NoiseSchedule.from_config(settings.diffusion).to(dev)
+    smp = make_sampler(sched, cfg)
     label = f"{Path(path).resolve().name}-step{step}-{cfg.sampler}{cfg.steps}-seed{cfg.seed}"
-    out_dir = _output_folder(out, force, cfg.out_dir / label)
-
-    frames: list[Image.Image] = []
-    console.print(f"sampling {cfg.n} images with {cfg.sampler} ({cfg.steps} steps) on {dev} from step {step}", markup=False)
-    t0 = time.perf_counter()
-    shape = (settings.model.in_channels, settings.data.size, settings.data.size)
-    images = [x.cpu() for x in generate(eps_fn(model, dev), smp, cfg.n, shape, seed=cfg.seed, batch_size=cfg.batch_size,
-                                        device=dev, callback=_gif_recorder(cfg, frames) if gif else None)]
-    x = torch.cat(images)
-    save_grid(x, out_dir / "grid.png")
-    save_images(x, out_dir / "images")
-    if gif:
-        save_gif(frames, out_dir / "denoise.gif")
-    console.print(
-        f"wrote {cfg.n} images in {time.perf_counter() - t0:.1f}s to {out_dir}"
-        f" (grid.png, images/{', denoise.gif' if gif else ''})",
-        markup=False,
-    )
-
-
-def _output_folder(out: Optional[Path], force: bool, default: Path) -> Path:
-    """--out (refused if it holds files, unless --force), else a fresh folder named after the run."""
-    if out is not None:
-        if out.exists() and not out.is_dir():
-            raise DdpmkitError(f"--out {out} is a file, not a folder; choose another --out")
-        if out.exists() and any(out.iterdir()) and not force:
-            raise DdpmkitError(f"output folder {out} already holds files; pass --force or choose another --out")
-        out_dir = out
-    else:
-        out_dir = free_dir(default)
+    out_dir = output_folder(out, force, cfg.out_dir / label)
+    # everything is checked: from here on, output
+    if checkpoint is None:
+        console.print(f"sampling from the newest run: {path} (step {step:,})", markup=False)
+    short = short_of_plan(resolve_checkpoint(path).path, step)
+    if short:
+        console.print(f"[yellow]warning:[/] {short}", soft_wrap=True)
+    console.print(f"sampling {cfg.n:,} images with {cfg.sampler} ({cfg.steps} steps) on {dev} from step {step:,}"
+                  f" into {out_dir}", markup=False)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return out_dir
+    shape = (settings.model.in_channels, settings.data.size, settings.data.size)
+    writer = SampleWriter(out_dir, cfg.n, scale)
+    draw(model, smp, sched.alphas_cumprod, cfg, shape, dev, writer, gif=gif, progress=progress)
+    files = "grid.png, images/" + (", denoise.gif" if gif else "")
+    console.print(f"wrote {cfg.n:,} images in {time.perf_counter() - writer.t0:.1f}s to {out_dir} ({files})",
+                  markup=False, soft_wrap=True)
 
 
-def _gif_recorder(cfg: "SampleConfig", frames: list["Image.Image"]) -> Callable[..., None]:
-    """A sampling callback that appends up to cfg.gif_frames grids of x_t (x_T first) to `frames`."""
-    import torch  # lazy, as in `sample`
+def draw(model: Any, smp: Any, alphas_cumprod: "Tensor", cfg: "SampleConfig", shape: tuple[int, int, int],
+         dev: Any, writer: "SampleWriter", *, gif: bool, progress: bool) -> None:
+    """Sample cfg.n images batch by batch into `writer`, with progress; Ctrl-C keeps what is written."""
+    from ddpmkit.generate import eps_fn, generate
+    from ddpmkit.pictures import DenoiseRecorder
+    from ddpmkit.progress import Progress
 
-    from ddpmkit.images import make_grid_image, upscale_nearest
+    n_batches = -(-cfg.n // cfg.batch_size)
+    bar = Progress("sample", n_batches * len(smp.timesteps), mode="auto" if progress else "off", console=console,
+                   info=f"images 0/{cfg.n:,}")
+    recorder = DenoiseRecorder(smp.timesteps.tolist(), alphas_cumprod, cfg.gif_frames) if gif else None
+    eps = counted(eps_fn(model, dev), lambda calls: writer.report(bar, calls))
+    batches = generate(eps, smp, cfg.n, shape, seed=cfg.seed, batch_size=cfg.batch_size, device=dev,
+                       callback=recorder)
+    try:
+        writer.write_all(batches, recorder, bar)
+    except KeyboardInterrupt:
+        bar.close()
+        console.print(f"interrupted: {writer.done:,} images written to {writer.out_dir}", markup=False)
+        raise typer.Exit(130) from None
+    bar.close()
 
-    keep = set(torch.linspace(-1, cfg.steps - 1, min(cfg.gif_frames, cfg.steps + 1)).round().long().tolist())
 
-    def on_step(i: int, t: int, x: Any, x0: Any) -> None:  # x: (B, C, H, W) x_t
-        if i in keep:
-            frames.append(upscale_nearest(make_grid_image(x[:16].clamp(-1, 1).cpu()), 256))
+def check_options(cfg: "SampleConfig", scale: Optional[int]) -> None:
+    """What the settings' own checks leave: the seeds of all batches fit a 64-bit generator, and
+    --scale is a whole factor of at least 1 (n, batch size and steps vs T are checked already)."""
+    n_batches = -(-cfg.n // cfg.batch_size)
+    if cfg.seed < 0 or cfg.seed + n_batches - 1 > MAX_SEED:
+        raise DdpmkitError(f"--seed {cfg.seed} is out of range: 0 to {MAX_SEED - n_batches + 1:,} "
+                           f"for {n_batches:,} batches (batch k uses seed + k)")
+    if scale is not None and not 1 <= scale <= 64:
+        raise DdpmkitError(f"--scale {scale} is out of range: a whole factor from 1 to 64")
 
-    return on_step
+
+def output_folder(out: Optional[Path], force: bool, default: Path) -> Path:
+    """--out (refused if it holds files, unless --force), else a fresh folder named after the run.
+    Checks that it can be made (no file in its place or above it, a writable parent); makes nothing."""
+    if out is not None:
+        if out.is_dir() and any(out.iterdir()) and not force:
+            raise DdpmkitError(f"output folder {out} already holds files; pass --force or choose another --out")
+        target = out
+    else:
+        target = free_dir(default)
+    for p in [target, *target.parents]:
+        if not p.exists():
+            continue
+        if not p.is_dir():
+            where = f"output folder {target}" if p == target else f"{p} (on the way to {target})"
+            raise DdpmkitError(f"{where} is a file, not a folder: choose another --out")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise DdpmkitError(f"cannot write into {p} (permission denied): choose another --out")
+        break
+    return target
+
+
+def short_of_plan(ckpt: Path, step: int) -> Optional[str]:
+    """A warning when the checkpoint is far short of its run's planned steps (run.json total_steps)."""
+    run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt
+    try:
+        total = json.loads((run / "run.json").read_text()).get("total_steps")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(total, int) or total <= 0 or step >= total / 2:
+        return None
+    outcome = "samples will be noise" if step < total / 10 else "samples will be rough"
+    return f"step {step:,} of {total:,}: {outcome} (train on: ddpmkit train --run-dir {run} --resume)"
+
+
+def counted(eps: Callable[..., "Tensor"], on_call: Callable[[int], None]) -> Callable[..., "Tensor"]:
+    """eps(x_t, t) that reports the number of network calls so far after each one."""
+    calls = 0
+
+    def eps_counted(x: "Tensor", t: "Tensor") -> "Tensor":
+        nonlocal calls
+        e = eps(x, t)
+        calls += 1
+        on_call(calls)
+        return e
+
+    return eps_counted
+
+
+class SampleWriter:
+    """Writes each batch as it comes: images/sample_NNNNN.png, grid.png of the first images,
+    and (after the first batch) the denoising GIF."""
+
+    def __init__(self, out_dir: Path, n: int, scale: Optional[int]) -> None:
+        self.out_dir, self.n, self.scale = out_dir, n, scale
+        self.digits = max(5, len(str(n - 1)))  # one width for all names, so they sort in order
+        self.done = 0
+        self.first: list[Any] = []  # the first GRID_MAX images, (b, 3, H, W) tensors
+        self.t0 = time.perf_counter()
+
+    def info(self) -> str:
+        elapsed = time.perf_counter() - self.t0
+        rate = f" · {self.done / elapsed:,.2f} img/s" if self.done and elapsed > 0 else ""
+        return f"images {self.done:,}/{self.n:,}{rate}"
+
+    def report(self, bar: "Progress", calls: int, force: bool = False) -> None:
+        """Network calls so far on the bar; piped, a plain line every 10 s and after each batch."""
+        bar.update(calls, self.info())
+        bar.line(self.info(), force=force)
+
+    def write_all(self, batches: Iterable["Tensor"], recorder: Any, bar: "Progress") -> None:
+        for k, x in enumerate(batches):
+            self.write(x.cpu())
+            if k == 0 and recorder is not None:
+                recorder.save(self.out_dir / "denoise.gif")
+            self.report(bar, bar.done, force=True)
+
+    def write(self, x: "Tensor") -> None:
+        """x: (b, 3, H, W) in [-1, 1], the next b images."""
+        from PIL import Image
+
+        from ddpmkit.images import save_grid, save_png, to_uint8
+
+        (self.out_dir / "images").mkdir(exist_ok=True)
+        for j, img in enumerate(to_uint8(x)):
+            pil = Image.fromarray(img.permute(1, 2, 0).contiguous().numpy())
+            save_png(pil, self.out_dir / "images" / f"sample_{self.done + j:0{self.digits}d}.png")
+        have = sum(len(b) for b in self.first)
+        if have < GRID_MAX:
+            import torch
+
+            self.first.append(x[: GRID_MAX - have])
+            save_grid(torch.cat(self.first), self.out_dir / "grid.png", scale=self.scale)
+        self.done += len(x)

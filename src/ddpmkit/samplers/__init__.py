@@ -11,6 +11,8 @@ from ddpmkit.samplers.ddim import DDIMSampler
 from ddpmkit.samplers.ddpm import DDPMSampler
 from ddpmkit.samplers.dpm_solver import DPMSolverPPSampler
 from ddpmkit.samplers.loop import StepCallback, sample
+from ddpmkit.samplers.noise import Noise, PerImageNoise, image_seed
+from ddpmkit.samplers.respace import SPACINGS
 from ddpmkit.schedule import NoiseSchedule
 
 if TYPE_CHECKING:
@@ -25,7 +27,12 @@ SAMPLERS: dict[str, type[Sampler]] = {
 
 def default_steps(sampler: str, T: int) -> int:
     """Network calls when none are asked for: all T for DDPM (Algorithm 2), else min(50, T)."""
-    return T if sampler == "ddpm" else min(50, T)
+    return SAMPLERS[sampler].steps_for(T)
+
+
+def default_spacing(sampler: str) -> str:
+    """The spacing a sampler uses when none is asked for (measured on the Gaussian fixture)."""
+    return SAMPLERS[sampler].default_spacing
 
 
 def make_sampler(sched: NoiseSchedule, cfg: "SampleConfig") -> Sampler:
@@ -33,7 +40,7 @@ def make_sampler(sched: NoiseSchedule, cfg: "SampleConfig") -> Sampler:
     if cfg.sampler not in SAMPLERS:
         raise DdpmkitError(f"unknown sampler '{cfg.sampler}'; choose one of: {', '.join(SAMPLERS)}")
     sampler = SAMPLERS[cfg.sampler].from_config(sched, cfg)
-    sampler.set_timesteps(cfg.steps or default_steps(cfg.sampler, sched.T))
+    sampler.set_timesteps(cfg.steps)
     return sampler
 
 
@@ -41,11 +48,16 @@ __all__ = [
     "DDIMSampler",
     "DDPMSampler",
     "DPMSolverPPSampler",
+    "Noise",
+    "PerImageNoise",
     "SAMPLERS",
+    "SPACINGS",
     "Sampler",
     "StepCallback",
     "StepOutput",
+    "default_spacing",
     "default_steps",
+    "image_seed",
     "make_sampler",
     "sample",
 ]

@@ -3,7 +3,9 @@
     launch.py    train(), build_trainer(): validation and set-up, the lock's place
     trainer.py   Trainer: the loop, logs, checkpoints at their steps
     state.py     TrainState: what a checkpoint holds; saves and loads itself
-    periodic.py  preview grids, FID, progress bar, stop signals
+    periodic.py  preview grids, FID, stop signals
+    progress.py  the plan line, the measured ETA, the progress bar or plain lines
+    plan.py      which preset a bare `ddpmkit train` takes; a preset fitted to another size
     optim.py     optimizer and learning-rate schedule
     data.py      the training images (generated, or the prepared cache)
     ema.py, rundir.py

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from rich.console import Console
-
 from ddpmkit.data import cache
 from ddpmkit.data.loader import ArrayLike
 from ddpmkit.data.prepare import prepare_dataset
 from ddpmkit.data.synthetic import make_faces
+from ddpmkit.progress import make_console
 from ddpmkit.settings import DataConfig
 
 
@@ -24,7 +23,7 @@ def load_training_images(data_cfg: DataConfig, log: Callable[[str], None] = prin
         images = make_faces(data_cfg.synthetic_count, data_cfg.size, seed=seed)
         return images, {"dataset": "synthetic", "count": int(images.shape[0]), "size": data_cfg.size, "seed": seed}
 
-    console = Console(stderr=True, highlight=False)
+    console = make_console()
     result = prepare_dataset(data_cfg, console=console, show_progress=console.is_terminal)
     if result.reused:
         log(f"using prepared cache {result.path}")
@@ -42,3 +41,13 @@ def load_training_images(data_cfg: DataConfig, log: Callable[[str], None] = prin
         "attribute_names": result.index.get("attribute_names", []),
     }
     return images, info
+
+
+def describe_data(info: dict[str, Any], split: str) -> str:
+    """One line for the plan: kind, split, size, count (from `load_training_images`' description)."""
+    size, count = info.get("size"), info.get("count", 0)
+    if info.get("dataset") == "synthetic":
+        return f"generated faces, {size}x{size} px, {count:,} images"
+    split = (info.get("settings") or {}).get("split", split)
+    layout = f" ({info['layout']} layout)" if info.get("layout") else ""
+    return f"{info.get('dataset')}{layout} split {split}, {size}x{size} px, {count:,} images"

@@ -21,12 +21,15 @@ from ddpmkit.device import DistInfo, dist_from_env
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.fid import FidExtractor, FidMonitor, default_reference
 from ddpmkit.nn import count_parameters
+from ddpmkit.progress import Mode
 from ddpmkit.schedule import NoiseSchedule
 from ddpmkit.settings import Settings, TrainConfig
-from ddpmkit.train.data import load_training_images
+from ddpmkit.train.data import describe_data, load_training_images
 from ddpmkit.train.guard import RunGuard
 from ddpmkit.train.periodic import FidProbe, Periodic, PreviewGrids
-from ddpmkit.train.rundir import JsonlLogger, RunDir
+from ddpmkit.train.plan import cpu_alternative
+from ddpmkit.train.progress import Plan
+from ddpmkit.train.rundir import TENSORBOARD_MISSING, JsonlLogger, RunDir, TensorBoard
 from ddpmkit.train.state import TrainState
 from ddpmkit.train.trainer import Log, Trainer, TrainResult
 
@@ -38,19 +41,22 @@ def train(
     *,
     resume: bool = False,
     log: Log = print,
-    progress: bool = True,
+    progress: Mode | bool = "auto",
     dist: Optional[DistInfo] = None,
     on_step: Iterable[OnStep] = (),
+    why: str = "",
 ) -> TrainResult:
     """Train `settings` into settings.train.run_dir (or continue it: resume=True).
 
     Under torchrun this joins the process group, and leaves it at the end if it joined it.
     `on_step` callbacks see the Trainer after every step (they may call `request_stop()`).
+    progress: "auto" (a bar in a terminal, a plain line per log when piped), "bar", "lines",
+    or "off" (True = auto, False = off). `why`: why this preset, for the plan line.
     """
     dist = dist or dist_from_env()
     was_joined = dist.joined()
     try:
-        trainer = build_trainer(settings, dist=dist, log=log, progress=progress, on_step=on_step)
+        trainer = build_trainer(settings, dist=dist, log=log, progress=progress, on_step=on_step, why=why)
         # ── RUN-DIRECTORY LOCK (issue 12) ─────────────────────────────────────────────────────
         # The one place to take it: everything is validated, and nothing in the run directory has
         # been read or written yet. Take it on the main rank around open() and run() (open() reads
@@ -72,8 +78,9 @@ def build_trainer(
     *,
     dist: Optional[DistInfo] = None,
     log: Log = print,
-    progress: bool = True,
+    progress: Mode | bool = "auto",
     on_step: Iterable[OnStep] = (),
+    why: str = "",
 ) -> Trainer:
     """Validate `settings` and build every piece of the run. Joins the process group under
     torchrun; reads (or prepares) the data; writes nothing to the run directory."""
@@ -90,13 +97,19 @@ def build_trainer(
     state = TrainState.new(s, device, dist.rank)
     sched = NoiseSchedule.from_config(s.diffusion).to(device)
     run_dir = RunDir(tc.run_dir)
-    log_file = JsonlLogger(run_dir.log, tc.tensorboard) if dist.is_main else None
-    periodic = _periodic(s, sched, device, run_dir, log_file, main_log, dist.is_main)
-    run_info = {"device": str(device), "parameters": count_parameters(state.model),
-                "world_size": dist.world_size, **data_info}
+    tb = _tensorboard(tc.tensorboard, run_dir, main_log) if dist.is_main else None
+    log_file = JsonlLogger(run_dir.log, tb) if dist.is_main else None
+    periodic = _periodic(s, sched, device, run_dir, log_file, main_log, dist.is_main, tb)
+    params = count_parameters(state.model)
+    device_name = f"{device} x{dist.world_size} processes" if dist.enabled else str(device)
+    plan = Plan(s.preset, why, params, describe_data(data_info, s.data.split), tc.batch_size, 0, total,
+                total / max(1, len(batches)), device_name,
+                cpu_alternative(s.preset, s.data.dataset))
+    run_info = {"device": str(device), "parameters": params, "world_size": dist.world_size,
+                "total_steps": total, "preset_choice": why, **data_info}
     return Trainer(state, batches, sched, tc, net=_network(state.model, tc, device, dist), total=total,
-                   run_dir=run_dir, run_info=run_info, dist=dist, periodic=periodic, log_file=log_file,
-                   progress=progress, log=log, on_step=on_step)
+                   run_dir=run_dir, run_info=run_info, plan=plan, dist=dist, periodic=periodic,
+                   log_file=log_file, progress=progress, log=log, on_step=on_step)
 
 
 def check_settings(settings: Settings, world_size: int) -> None:
@@ -159,6 +172,7 @@ def _periodic(
     log_file: Optional[JsonlLogger],
     log: Log,
     is_main: bool,
+    tb: Optional[TensorBoard] = None,
 ) -> Periodic:
     """Preview grids and FID (the jobs on the main rank only; the intervals on all)."""
     tc, f = s.train, s.fid
@@ -169,7 +183,7 @@ def _periodic(
     common = {"shape": shape, "device": device, "precision": tc.precision}
     if tc.sample_every:
         periodic.preview = PreviewGrids.make(sched, s.sample, n=tc.num_samples, seed=tc.seed,
-                                             out_dir=run_dir.samples, **common)
+                                             out_dir=run_dir.samples, tensorboard=tb, **common)
     if f.every and log_file is not None:
         cfg = s.sample.model_copy(update={"sampler": f.every_sampler, "steps": f.every_steps})
         periodic.fid = FidProbe(_fid_monitor(s, device), sched, cfg, f.every_n, log_file=log_file, log=log, **common)
@@ -182,6 +196,16 @@ def _fid_monitor(settings: Settings, device: torch.device) -> Callable[..., floa
     extractor = FidExtractor(f.weights, device, f.batch_size, f.verify_weights)
     reference = default_reference(settings.data, f.ref_split or settings.data.split, f.ref_n)
     return FidMonitor.for_reference(reference, extractor, f.every_n, Path(settings.data.cache_dir) / "fid")
+
+
+def _tensorboard(wanted: bool, run_dir: RunDir, log: Log) -> Optional[TensorBoard]:
+    """RUN/tb when train.tensorboard is on; without the package, say so (once) and go on."""
+    if not wanted:
+        return None
+    if not TensorBoard.available():
+        log(TENSORBOARD_MISSING)
+        return None
+    return TensorBoard(run_dir.path / "tb")
 
 
 def _silent(message: str) -> None:

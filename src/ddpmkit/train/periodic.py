@@ -1,4 +1,4 @@
-"""Work between training steps: EMA preview grids, FID, the progress bar, stop signals.
+"""Work between training steps: EMA preview grids, FID, stop signals (progress: `progress.py`).
 
 Each piece takes the values it uses (the EMA model, a sampler config, paths), not the settings;
 `launch.py` builds them. Grids and FID run on the main rank only.
@@ -6,7 +6,6 @@ Each piece takes the values it uses (the EMA model, a sampler config, paths), no
 
 from __future__ import annotations
 
-import math
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,15 +13,14 @@ from types import FrameType
 from typing import Any, Callable, Iterable, Optional
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
 from ddpmkit.generate import eps_fn, generate
-from ddpmkit.images import save_grid, to_uint8
+from ddpmkit.images import make_grid_image, save_grid, to_uint8
 from ddpmkit.samplers import make_sampler
 from ddpmkit.schedule import NoiseSchedule
 from ddpmkit.settings import SampleConfig
-from ddpmkit.train.rundir import JsonlLogger
+from ddpmkit.train.rundir import JsonlLogger, TensorBoard
 
 Shape = tuple[int, int, int]
 
@@ -63,6 +61,7 @@ class PreviewGrids:
     out_dir: Path
     device: torch.device
     precision: str
+    tensorboard: Optional[TensorBoard] = None
 
     @classmethod
     def make(cls, sched: NoiseSchedule, sample: SampleConfig, **kw: Any) -> "PreviewGrids":
@@ -71,8 +70,13 @@ class PreviewGrids:
 
     def __call__(self, ema_model: nn.Module, step: int) -> Path:
         x = ema_images(ema_model, self.sched, self.cfg, self.n, self.shape,
-                       seed=self.seed, device=self.device, precision=self.precision)
-        return save_grid(x.cpu(), self.out_dir / f"step_{step:08d}.png")
+                       seed=self.seed, device=self.device, precision=self.precision).cpu()
+        if self.tensorboard is not None:
+            self.tensorboard.image("samples", make_grid_image(x), step)
+        return save_grid(x, self.out_dir / f"step_{step:08d}.png")
+
+    def describe(self) -> str:
+        return f"{self.n} EMA images, {self.cfg.sampler} {self.cfg.steps} steps"
 
 
 @dataclass
@@ -118,36 +122,19 @@ class Periodic:
         if self.fid is not None and _every(step, self.fid_every):
             self.fid(ema_model, step)
 
-    def final_preview(self, ema_model: nn.Module, step: int) -> None:
-        """The last grid of a run whose length is not a multiple of the preview interval."""
-        if self.preview is not None and self.preview_every and not _every(step, self.preview_every):
-            self.preview(ema_model, step)
+    def final_preview(self, ema_model: nn.Module, step: int, log: Callable[[str], None]) -> Optional[Path]:
+        """The last grid of a run whose length is not a multiple of the preview interval; it can
+        take minutes on a CPU, so it says what it is doing."""
+        if self.preview is None or not self.preview_every or _every(step, self.preview_every):
+            return None
+        log(f"final preview grid: sampling {self.preview.describe()}...")
+        path = self.preview(ema_model, step)
+        log(f"wrote {path}")
+        return path
 
 
 def _every(step: int, n: int) -> bool:
     return n > 0 and step % n == 0
-
-
-class ProgressBar:
-    """The rich bar: step/total, the last logged loss, time left."""
-
-    def __init__(self, total: int, step: int) -> None:
-        self._bar = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"),
-            TimeRemainingColumn(),
-            transient=False,
-        )
-        self._task = self._bar.add_task("train", total=total, completed=step, loss=math.nan)
-        self._bar.start()
-
-    def update(self, step: int, loss: float) -> None:
-        self._bar.update(self._task, completed=step, loss=loss)
-
-    def close(self) -> None:
-        self._bar.stop()
 
 
 class StopSignals:

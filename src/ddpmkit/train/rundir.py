@@ -1,14 +1,17 @@
 """The run directory: everything one training run writes, in one place.
 
     config.yaml   the resolved settings (`ddpmkit train --config runs/x/config.yaml` repeats the run)
-    run.json      versions, device, parameter count
+    run.json      versions, device, parameter count, data, total_steps (the planned length)
     log.jsonl     one JSON object per logged step: step, epoch, loss, lr, img_per_s, time
     samples/      EMA sample grids, step_00001000.png
     checkpoints/  see checkpoint.py
+    report.html   the run report (ddpmkit.report), rewritten at every checkpoint
+    tb/           TensorBoard events (train.tensorboard, optional package)
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import platform
 import time
@@ -71,48 +74,89 @@ class RunDir:
         }
         write_text_atomic(self.info, json.dumps(info, indent=2) + "\n")
 
+    def update_info(self, **values: Any) -> None:
+        """Change run.json's values (e.g. total_steps when a resume changes the run's length)."""
+        try:
+            info = json.loads(self.info.read_text())
+        except (OSError, ValueError):
+            info = {}
+        if all(info.get(k) == v for k, v in values.items()):
+            return
+        write_text_atomic(self.info, json.dumps({**info, **values}, indent=2) + "\n")
+
+
+TENSORBOARD_MISSING = (
+    "note: train.tensorboard is on but the tensorboard package is not installed "
+    "(pip install 'ddpmkit[tensorboard]'): logging to log.jsonl only"
+)
+
+
+class TensorBoard:
+    """Scalars and sample grids for TensorBoard in `path` (RUN/tb). The writer opens on first use,
+    so one can be made before the run directory exists."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._writer: Any = None
+
+    @staticmethod
+    def available() -> bool:
+        """Whether the optional tensorboard package is installed."""
+        try:  # optional: the tensorboard package is an extra, not a dependency
+            importlib.import_module("torch.utils.tensorboard")
+        except ImportError:
+            return False
+        return True
+
+    def _open(self) -> Any:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter  # optional, see available()
+
+            self._writer = SummaryWriter(str(self.path))
+        return self._writer
+
+    def scalars(self, record: dict[str, Any]) -> None:
+        step = int(record.get("step", 0))
+        for k, v in record.items():
+            if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                self._open().add_scalar(k, v, step)
+
+    def image(self, tag: str, img: Any, step: int) -> None:
+        """img: a PIL RGB image (e.g. a sample grid)."""
+        import numpy as np
+
+        self._open().add_image(tag, np.asarray(img.convert("RGB")), step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
 
 class JsonlLogger:
-    """Appends one JSON line per record; optionally mirrors scalars to TensorBoard.
+    """Appends one JSON line per record; mirrors the numbers to TensorBoard when given one.
 
     Nothing is opened before the first record, so a logger can be made before the run directory.
     """
 
-    def __init__(self, path: Path, tensorboard: bool = False) -> None:
+    def __init__(self, path: Path, tensorboard: Optional[TensorBoard] = None) -> None:
         self.path = path
         self.tensorboard = tensorboard
         self._fh: Optional[TextIO] = None
-        self._tb: Any = None
-
-    def _open(self) -> None:
-        self._fh = LogFile(self.path)  # unbuffered; a failed append is one line (train/logfile.py)
-        if self.tensorboard:
-            try:
-                # optional: the tensorboard package is not a dependency
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(self.path.parent / "tb"))
-            except ImportError:
-                self._tb = None
 
     def write(self, record: dict[str, Any]) -> None:
         if self._fh is None:
-            self._open()
-        assert self._fh is not None
+            self._fh = LogFile(self.path)  # unbuffered; a failed append is one line (train/logfile.py)
         self._fh.write(json.dumps(record) + "\n")
-        if self._tb is not None:
-            step = int(record.get("step", 0))
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self._tb.add_scalar(k, v, step)
+        if self.tensorboard is not None:
+            self.tensorboard.scalars(record)
 
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:

@@ -77,9 +77,10 @@ class TrainState:
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         return state
 
-    def save(self, ckpt_root: Path, *, world_size: int, keep: int) -> Path:
-        """Write checkpoints/step_N (atomically) and keep the newest `keep`. Returns its folder."""
-        return save_checkpoint(
+    def save(self, ckpt_root: Path, *, world_size: int, keep: int, keep_full: Optional[int] = None) -> Path:
+        """Write checkpoints/step_N (atomically) and keep the newest `keep`, of which all but the
+        newest `keep_full` keep only their EMA weights. Returns its folder."""
+        folder = save_checkpoint(
             ckpt_root,
             model=self.model,
             ema_model=self.ema.model,
@@ -88,6 +89,9 @@ class TrainState:
             step=self.step,
             keep=keep,
         )
+        if keep_full is not None:
+            trim_to_ema(ckpt_root, keep_full)
+        return folder
 
     def load(self, ckpt: Path, *, rank: int = 0, log: Callable[[str], None] = print) -> None:
         """Continue from checkpoint folder `ckpt`; refuses one trained as another model."""
@@ -140,6 +144,21 @@ def _saved_settings(text: Any, ckpt: Path) -> Settings:
     if not isinstance(data, dict):
         raise DdpmkitError(f"cannot resume {ckpt}: the settings in its {STATE_FILE} are not a JSON object")
     return settings_from_dict(data, f"{ckpt / STATE_FILE}")
+
+
+def trim_to_ema(ckpt_root: Path, keep_full: int) -> list[Path]:
+    """Delete model.safetensors and state.pt from all but the newest `keep_full` complete
+    checkpoints: the EMA weights, what `sample` uses, stay (a quarter of a full checkpoint with
+    Adam's two moments). The newest complete checkpoint, the one `--resume` takes, is never
+    trimmed. Returns the folders trimmed."""
+    full = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir() and (p / STATE_FILE).exists()
+                  and (p / EMA_FILE).exists() and not p.name.endswith(".tmp"))
+    trimmed = []
+    for folder in full[: -max(1, keep_full)]:
+        for name in (STATE_FILE, MODEL_FILE):  # state.pt first: without it the folder is no resume point
+            (folder / name).unlink(missing_ok=True)
+        trimmed.append(folder)
+    return trimmed
 
 
 def architecture_change(saved: Settings, asked: Settings) -> Optional[str]:

@@ -24,10 +24,13 @@ from ddpmkit.data.loader import ImageBatches
 from ddpmkit.device import DistInfo, autocast
 from ddpmkit.diffusion import sample_timesteps, training_loss
 from ddpmkit.errors import DdpmkitError
+from ddpmkit.progress import Mode
+from ddpmkit.report import write_report
 from ddpmkit.schedule import NoiseSchedule
 from ddpmkit.settings import TrainConfig
 from ddpmkit.train.optim import lr_at, set_lr
-from ddpmkit.train.periodic import Periodic, ProgressBar, StopSignals
+from ddpmkit.train.periodic import Periodic, StopSignals
+from ddpmkit.train.progress import Plan, TrainProgress
 from ddpmkit.train.rundir import JsonlLogger, RunDir
 from ddpmkit.train.state import TrainState
 
@@ -89,19 +92,20 @@ class Trainer:
         total: int,
         run_dir: RunDir,
         run_info: dict[str, Any],
+        plan: Plan,
         dist: DistInfo,
         periodic: Periodic,
         log_file: Optional[JsonlLogger],
-        progress: bool = True,
+        progress: Mode | bool = "auto",
         log: Log = print,
         on_step: Iterable[Callable[["Trainer"], None]] = (),
     ) -> None:
         self.state, self.batches, self.sched, self.cfg = state, batches, sched, cfg
         self.net = net  # the model as trained: DDP- and/or compile-wrapped state.model
         self.total = total  # steps of the whole run; the cosine learning-rate decay ends there
-        self.run_dir, self.run_info = run_dir, run_info
+        self.run_dir, self.run_info, self.plan = run_dir, run_info, plan
         self.dist, self.periodic, self.log_file = dist, periodic, log_file
-        self.show_progress, self.log = progress, log
+        self.progress_mode, self.log = progress, log
         self.on_step: list[Callable[["Trainer"], None]] = list(on_step)
         self.device = state.device
         self.local_batch = cfg.batch_size // dist.world_size
@@ -111,7 +115,8 @@ class Trainer:
         self._stop_requested = False  # this rank's wish
         self.interrupted = False  # what all ranks agreed
         self._vote: Callable[[], bool] = lambda: False  # the stop vote of the previous step
-        self._progress: Optional[ProgressBar] = None
+        self._progress: Optional[TrainProgress] = None
+        self._report_failed = False  # say once that report.html could not be written
         self._mark = (time.perf_counter(), state.step)  # (time, step) of the last log
 
     @property
@@ -137,15 +142,14 @@ class Trainer:
             self.state.load(ckpt, rank=d.rank, log=self.log)
             if d.is_main:
                 self.log(f"resuming {self.run_dir.path} from step {self.state.step} (epoch {self.state.epoch})")
+                self.run_dir.update_info(total_steps=self.total)
         elif d.is_main:
             self.run_dir.create(self.state.settings, self.run_info)
         self._mark = (time.perf_counter(), self.state.step)
+        self.plan.start = self.state.step
         if d.is_main:
-            self.log(
-                f"training {self.n_params / 1e6:.2f}M parameters on {self.device}"
-                f"{f' x{d.world_size} processes' if d.enabled else ''}, {self.batches.n} images, "
-                f"global batch {self.cfg.batch_size}, run directory {self.run_dir.path}"
-            )
+            self.log(self.plan.line())
+            self.log(f"run directory {self.run_dir.path}")
         d.barrier()
 
     # ------------------------------------------------------------------ the loop
@@ -175,21 +179,22 @@ class Trainer:
     def run(self) -> TrainResult:
         """Train to `total` steps or until stopped; save a checkpoint at the end."""
         st = self.state
-        if self.show_progress and self.dist.is_main:
-            self._progress = ProgressBar(self.total, st.step)
+        if self.dist.is_main:
+            self._progress = TrainProgress(self.plan, self.progress_mode, self.log, sync=self._sync)
         try:
             with StopSignals(self.request_stop, self._main_log):
                 self._loop()
-                ckpt = self.save()
+                self._close_progress()  # the bar ends at the last step; what follows says what it does
+                ckpt = self.save(report=False)
                 if not self.interrupted and self.dist.is_main:
-                    self.periodic.final_preview(st.ema.model, st.step)
+                    self.periodic.final_preview(st.ema.model, st.step, self.log)
+                self._report()
         except NonFinite as e:
             latest = self.run_dir.latest()
             kept = f"the last good checkpoint ({latest.name}) is kept" if latest else "no checkpoint was written"
             raise DdpmkitError(f"training stopped: {e}; {kept}; lower train.lr or check the data") from None
         finally:
-            if self._progress is not None:
-                self._progress.close()
+            self._close_progress()
             if self.log_file is not None:
                 self.log_file.close()
         if self.interrupted:
@@ -232,11 +237,14 @@ class Trainer:
         elif work_due:
             self.window.values(self.dist, step)  # no grids or FID from a model gone to NaN
         if self._progress is not None:
-            self._progress.update(step, self.last_loss)
+            self._progress.stepped(step)
+        t0 = time.perf_counter()
         if work_due and self.dist.is_main:
             self.periodic.run(self.state.ema.model, step)
         if ckpt_due:
             self.save()
+        if (work_due or ckpt_due) and self._progress is not None:
+            self._progress.clock.exclude(time.perf_counter() - t0)  # the ETA counts training steps only
 
     def _write_log(self) -> None:
         c, st = self.cfg, self.state
@@ -257,20 +265,46 @@ class Trainer:
         self.history.append(record)
         if self.log_file is not None:
             self.log_file.write(record)
+        if self._progress is not None:
+            self._progress.logged(record)
 
     # ------------------------------------------------------------------ outputs
 
-    def save(self) -> Path:
-        """Write a checkpoint (rank 0; every rank waits for it). Raises NonFinite instead of saving
-        a non-finite loss or weights: the previous checkpoint stays the latest. Returns its folder."""
-        st = self.state
+    def save(self, report: bool = True) -> Path:
+        """Write a checkpoint (rank 0; every rank waits for it), then the run's report.html.
+        Raises NonFinite instead of saving a non-finite loss or weights: the previous checkpoint
+        stays the latest. Returns its folder."""
+        st, c = self.state, self.cfg
         self.window.values(self.dist, st.step)
         if not _all_finite(st.model.parameters()):
             raise NonFinite(f"the weights are not finite after step {st.step}")
         if self.dist.is_main:
-            st.save(self.run_dir.checkpoints, world_size=self.dist.world_size, keep=self.cfg.keep_checkpoints)
+            st.save(self.run_dir.checkpoints, world_size=self.dist.world_size, keep=c.keep_checkpoints,
+                    keep_full=c.keep_full)
+            if report:
+                self._report()
         self.dist.barrier()
         return self.run_dir.checkpoints / step_dir_name(st.step)
+
+    def _report(self) -> None:
+        """RUN/report.html, on the main rank; a failure is said once and never stops training."""
+        if not (self.cfg.report and self.dist.is_main):
+            return
+        try:
+            write_report(self.run_dir.path)
+        except Exception as e:  # the report is a view of the run: it must never cost the run
+            if not self._report_failed:
+                self.log(f"note: report.html not written ({type(e).__name__}: {e}); training goes on")
+            self._report_failed = True
+
+    def _sync(self) -> None:
+        """Wait for the device's queued work (CUDA runs ahead of the host), for timing."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _close_progress(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
 
     def _main_log(self, message: str) -> None:
         if self.dist.is_main:
