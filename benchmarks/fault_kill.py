@@ -11,9 +11,11 @@ checks the checkpoints on disk.
 
 Prints and (with --results) writes:
 - resumed: restarts that came back at the step of the checkpoint `latest` names (0 if none yet);
-- corrupted: checkpoint folders under their final name that do not load (safetensors weights,
-  `torch.load(weights_only=True)` state, the step inside matching the folder name), and a
-  `latest` pointer naming a missing checkpoint;
+- corrupted: checkpoint folders under their final name that do not load: a resume point (one
+  with `state.pt`) must load whole (safetensors weights and EMA, `torch.load(weights_only=True)`
+  state, the step inside matching the folder name); an older one trimmed to its EMA weights
+  (train.keep_full) must still have loadable EMA weights; and a `latest` pointer naming a
+  missing checkpoint;
 - steps lost: steps trained (logged) before a kill but not in the checkpoint resumed from;
 - leftovers: temporaries (dot-named ``*.tmp`` / ``*.old``) in the run directory at the end; also
   how many kills left a new one behind, i.e. struck in the middle of writing a checkpoint.
@@ -49,6 +51,9 @@ TINY = [
     "diffusion.timesteps=100", "train.batch_size=16", "train.warmup_steps=0", "train.lr_decay=constant",
     "train.log_every=1", "train.sample_every=0", "train.ckpt_every=2", "train.keep_checkpoints=2",
     "train.tensorboard=false",
+    # report.html (a view of the run, written through the same atomic_path) would take most of the
+    # time between checkpoints here; off, so the kills land in training and checkpoint writes
+    "train.report=false",
 ]
 
 
@@ -106,8 +111,10 @@ def check_checkpoints(ckpt_root: Path) -> tuple[list[str], int]:
         if not d.is_dir():
             continue
         try:
-            for name in ("model.safetensors", "ema.safetensors"):
-                load_file(str(d / name))
+            load_file(str(d / "ema.safetensors"))  # every checkpoint keeps what `sample` uses
+            if not (d / "state.pt").exists():  # trimmed to its EMA weights (train.keep_full)
+                continue
+            load_file(str(d / "model.safetensors"))
             state = torch.load(d / "state.pt", map_location="cpu", weights_only=True)
             if int(state["step"]) != int(d.name.split("_")[1]):
                 raise ValueError(f"state.pt says step {state['step']}")
