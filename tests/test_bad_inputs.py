@@ -94,7 +94,8 @@ def _state_not_a_dict(made, tmp):
 def _latest_outside(made, tmp):
     run = _copy_run(made, tmp)
     (run / "checkpoints" / "latest").write_text("../..\n")
-    return ["train", "--run-dir", run, "--resume", "--max-steps", "4", "--no-progress"], [run], "not a checkpoint folder"
+    args = ["train", "--run-dir", run, "--resume", "--max-steps", "4", "--no-progress"]
+    return args, [run], "not a checkpoint folder"
 
 
 def _sample(made, tmp, weights: str, *extra):

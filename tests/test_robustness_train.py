@@ -3,12 +3,14 @@ after a resume, a changed run length said on resume, a failed log append in one 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
 
 import pytest
 
+from ddpmkit import runlock
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.runlock import LOCK_NAME
 from ddpmkit.train import train
@@ -112,3 +114,26 @@ def test_log_file_writes_everything_or_raises(tmp_path):
             LogFile(tmp_path / "ro" / "log.jsonl")
     finally:
         os.chmod(tmp_path / "ro", 0o700)
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_read_only_run_directory_is_one_line_and_changes_nothing(tmp_path, monkeypatch, resume):
+    run = tmp_path / "run"
+    if resume:
+        _run(tiny(run, train={"max_steps": 2}))
+    else:
+        run.mkdir()
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*"))
+    real_open = runlock.os.open
+
+    def read_only(path, flags, *a, **k):
+        if str(path).endswith(LOCK_NAME):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(runlock.os, "open", read_only)
+    with pytest.raises(DdpmkitError) as e:
+        _run(tiny(run, train={"max_steps": 4}), resume=resume)
+    assert str(e.value) == (f"cannot lock run directory {run} (run.lock): Read-only file system (the file system "
+                            "is read-only); nothing in it was changed")
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*")) == before

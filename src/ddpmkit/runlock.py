@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from ddpmkit.errors import DdpmkitError
+from ddpmkit.io_utils import write_failure
 
 try:
     import fcntl
@@ -216,7 +217,7 @@ class RunLock:
             os.close(fd)
             self._remove_created_dir()
             if isinstance(e, OSError):
-                raise DdpmkitError(f"cannot lock run directory {self.run_dir}: {e.strerror or e}") from None
+                raise DdpmkitError(self._os_failure(e)) from None
             raise
         self._fd, self._pid = fd, os.getpid()
         _HELD.add(fd)
@@ -247,7 +248,12 @@ class RunLock:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise DdpmkitError(f"cannot create run directory {self.run_dir}: {e.strerror or e}") from None
+            reason = write_failure(e) or e.strerror or str(e)
+            raise DdpmkitError(f"cannot create run directory {self.run_dir}: {reason}; nothing was written") from None
+
+    def _os_failure(self, e: OSError) -> str:
+        reason = write_failure(e) or e.strerror or str(e)
+        return f"cannot lock run directory {self.run_dir} ({LOCK_NAME}): {reason}; nothing in it was changed"
 
     def _remove_created_dir(self) -> None:
         if self._created:
@@ -261,7 +267,7 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as e:
-                raise DdpmkitError(f"cannot lock run directory {self.run_dir}: {e.strerror or e}") from None
+                raise DdpmkitError(self._os_failure(e)) from None
             try:
                 if fcntl is None:
                     raise OSError(errno.ENOLCK, "no flock")
@@ -273,7 +279,7 @@ class RunLock:
             except OSError as e:
                 if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                     os.close(fd)
-                    raise DdpmkitError(f"cannot lock run directory {self.run_dir}: {e.strerror or e}") from None
+                    raise DdpmkitError(self._os_failure(e)) from None
                 return self._without_flock(fd)
             if _same_file(fd, self.path):
                 return fd

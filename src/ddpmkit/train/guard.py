@@ -54,11 +54,15 @@ class RunGuard:
             raise refusal or DdpmkitError(
                 f"the main process could not lock run directory {self.trainer.run_dir.path} (see its error)"
             )
-        if self.lock is not None:
-            if self.lock.note:
-                self.log(self.lock.note)
-            self._remove_leftovers()
-        self.dist.barrier()  # no rank looks at the checkpoints while they are tidied
+        try:
+            if self.lock is not None:
+                if self.lock.note:
+                    self.log(self.lock.note)
+                self._remove_leftovers()
+            self.dist.barrier()  # no rank looks at the checkpoints while they are tidied
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
