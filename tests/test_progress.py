@@ -1,4 +1,5 @@
-"""Progress of long work (`cli.progress`) and what `ddpmkit fid` says while it works."""
+"""Progress of long work (`ddpmkit.progress`), numbers for people (`ddpmkit.human`), and what
+`ddpmkit fid` says while it works."""
 
 from __future__ import annotations
 
@@ -6,55 +7,99 @@ import io
 import json
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
 from ddpmkit.cli.app import app
-from ddpmkit.cli.progress import PlainProgress, RichProgress, format_duration, work_progress
+from ddpmkit.human import fmt_bytes, fmt_duration
+from ddpmkit.progress import LogConsole, Progress
 
 from conftest import FID_WEIGHTS, tiny
 
 
-def _console(terminal: bool, width: int = 40) -> tuple[Console, io.StringIO]:
+def _piped(width: int = 40) -> tuple[Console, io.StringIO]:
     buf = io.StringIO()
-    return Console(file=buf, force_terminal=terminal, width=width, color_system=None), buf
+    return LogConsole(file=buf, force_terminal=False, width=width, color_system=None), buf
 
 
-def test_format_duration():
-    assert [format_duration(s) for s in (0, 42.4, 185, 7620)] == ["0s", "42s", "3m05s", "2h07m"]
+@pytest.fixture
+def clock(monkeypatch) -> list[float]:
+    """The progress module's clock, moved by hand."""
+    now = [0.0]
+    monkeypatch.setattr("ddpmkit.progress.time.perf_counter", lambda: now[0])
+    return now
 
 
-def test_plain_lines_when_piped_never_wrapped():
-    console, buf = _console(terminal=False, width=40)
+def test_durations_and_sizes_for_people():
+    assert [fmt_duration(s) for s in (-3, 0, 42.4, 185, 7620, 3 * 86400 + 4 * 3600)] == [
+        "0s", "0s", "42s", "3m 05s", "2h 07m", "3d 4h"]
+    assert [fmt_bytes(n) for n in (512, 3.5 * 1024, 12 * 2**20, 1.5 * 2**30, 4096 * 2**30)] == [
+        "512 B", "3.5 KiB", "12.0 MiB", "1.5 GiB", "4096.0 GiB"]
+
+
+def test_plain_lines_when_piped_with_rate_and_eta_never_wrapped(clock):
+    console, buf = _piped(width=40)
     what = "Inception features of a-folder-with-a-rather-long-name"
-    with work_progress(console, what, total=300, every_s=0.0) as bar:
-        assert isinstance(bar, PlainProgress)
-        for _ in range(3):
+    with Progress(what, 300, unit="images", console=console, every_s=0.0, show_rate=True) as bar:
+        assert bar.mode == "lines"
+        for k in range(3):
+            clock[0] += 10.0 if k else 60.0  # the first batch (warm-up) is slow
             bar.advance(100)
     lines = buf.getvalue().splitlines()
-    # a line after each advance but the last (the final line covers it), then the final line
-    assert len(lines) == 3, lines
-    assert lines[0].startswith(f"{what}: 100/300 images (33%)") and "images/s" in lines[0] and "ETA" in lines[0]
-    assert lines[-1].startswith(f"{what}: 300/300 images (100%)") and "ETA" not in lines[-1]
+    # a line after each advance (the last one says the end: not twice); the first only starts the clock
+    assert lines == [
+        f"{what} 100/300 images (33%) · ETA —",
+        f"{what} 200/300 images (67%) · 10.0 images/s · ETA 10s",
+        f"{what} 300/300 images (100%) · 10.0 images/s · ETA 0s",
+    ]
     assert all(len(line) > 40 for line in lines)  # longer than the console, still one line each
 
 
-def test_plain_lines_are_rate_limited():
-    console, buf = _console(terminal=False)
-    with work_progress(console, "sampling 1,000 images", total=1000, every_s=3600) as bar:
+def test_plain_lines_are_rate_limited_and_the_end_is_always_said(clock):
+    console, buf = _piped()
+    with Progress("sampling", 1000, unit="images", console=console, every_s=3600) as bar:
         for _ in range(10):
+            clock[0] += 1.0
             bar.advance(100)
-    assert buf.getvalue().splitlines() == [buf.getvalue().splitlines()[-1]]  # only the final line
-    assert "1,000/1,000 images (100%)" in buf.getvalue()
+    assert buf.getvalue().splitlines() == ["sampling 1,000/1,000 images (100%) · ETA 0s"]
+
+
+def test_a_job_done_in_one_update_has_no_eta_to_give():
+    console, buf = _piped()
+    with Progress("features", 4, unit="images", console=console) as bar:
+        bar.advance(4)
+    assert buf.getvalue() == "features 4/4 images (100%)\n"
+
+
+def test_fractional_work_is_counted_and_shown_rounded():
+    console, buf = _piped()
+    with Progress("sampling", 64, unit="images", console=console, every_s=3600) as bar:
+        for _ in range(50):  # 64 images, 50 network calls: 64/50 of an image a call
+            bar.advance(64 / 50)
+        bar.advance(1)  # never past the total
+    assert bar.done == pytest.approx(64)
+    assert buf.getvalue().startswith("sampling 64/64 images (100%)")
 
 
 def test_rich_bar_in_a_terminal():
-    console, buf = _console(terminal=True, width=120)
-    with work_progress(console, "sampling 8 images", total=8) as bar:
-        assert isinstance(bar, RichProgress)
+    buf = io.StringIO()
+    term = Console(file=buf, force_terminal=True, width=120, color_system=None)
+    with Progress("sampling [8] images", 8, unit="images", console=term, info="batch 1") as bar:
+        assert bar.mode == "bar"
         bar.advance(8)
     text = buf.getvalue()
-    assert "sampling 8 images" in text and "8/8 images" in text and "100%" in text
+    # the label is shown as written (not read as rich markup), with the count, the info and time left
+    assert "sampling [8] images" in text and "8/8" in text and "batch 1" in text and "left" in text
+    assert " · " not in text  # no plain line in a terminal
+
+
+def test_off_prints_nothing():
+    console, buf = _piped()
+    with Progress("train", 10, mode="off", console=console) as bar:
+        bar.advance(10)
+        bar.line(force=True)
+    assert buf.getvalue() == ""
 
 
 def test_fid_says_what_it_does_and_warns_about_few_images(tmp_path: Path):
@@ -72,6 +117,6 @@ def test_fid_says_what_it_does_and_warns_about_few_images(tmp_path: Path):
     text = r.output
     assert "warning: SOURCE has 3 images, fewer than 2,048" in text and "not comparable with papers" in text
     assert "warning: REFERENCE has 4 images" in text
-    assert "sampling 3 images (ddim, 2 steps, on cpu) for their Inception features: 3/3 images (100%)" in text
-    assert "Inception features of synthetic-16px-seed0: 4/4 images (100%)" in text
+    assert "sampling 3 images (ddim, 2 steps, on cpu) for their Inception features 3/3 images (100%)" in text
+    assert "Inception features of synthetic-16px-seed0 4/4 images (100%)" in text
     assert json.loads(out.read_text())["n"] == 3

@@ -23,8 +23,9 @@ from typer.testing import CliRunner
 
 from ddpmkit.cli.app import app
 from ddpmkit.errors import DdpmkitError
+from ddpmkit.human import fmt_bytes
 from ddpmkit.report import REPORT_NAME, SECTION_IDS, write_report
-from ddpmkit.report.sections import fmt_bytes, spread
+from ddpmkit.report.sections import spread
 
 from conftest import TINY
 

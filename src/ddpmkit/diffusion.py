@@ -86,6 +86,17 @@ def dynamic_threshold(x0: Tensor, percentile: float = DYNAMIC_PERCENTILE) -> Ten
     return torch.maximum(torch.minimum(x0, s), -s) / s
 
 
+def handle_x0(x0: Tensor, mode: X0Mode) -> Tensor:
+    """x̂_0 as `mode` says: none as is, clip and clip_eps clamped to [-1, 1], dynamic thresholded."""
+    if mode == "none":
+        return x0
+    if mode in ("clip", "clip_eps"):
+        return x0.clamp(-1.0, 1.0)
+    if mode == "dynamic":
+        return dynamic_threshold(x0)
+    raise ValueError(f"unknown x0 mode {mode!r}; choose one of: {', '.join(X0_MODES)}")
+
+
 def x0_and_eps(xt: Tensor, eps: Tensor, alpha_bar: AlphaBar, mode: X0Mode) -> tuple[Tensor, Tensor]:
     """x̂_0 from ε̂ handled as `mode` says, and the ε̂ to step with. Returns (x̂_0, ε̂).
 
@@ -95,15 +106,8 @@ def x0_and_eps(xt: Tensor, eps: Tensor, alpha_bar: AlphaBar, mode: X0Mode) -> tu
     `dynamic_threshold`, ε̂ kept. A sampler that uses x̂_0 alone (DDPM's posterior mean,
     DPM-Solver++'s data prediction) makes clip and clip_eps the same thing.
     """
-    x0 = x0_from_eps(xt, eps, alpha_bar)
-    if mode == "none":
-        return x0, eps
-    if mode in ("clip", "clip_eps"):
-        clipped = x0.clamp(-1.0, 1.0)
-        return clipped, (eps_from_x0(xt, clipped, alpha_bar) if mode == "clip_eps" else eps)
-    if mode == "dynamic":
-        return dynamic_threshold(x0), eps
-    raise ValueError(f"unknown x0 mode {mode!r}; choose one of: {', '.join(X0_MODES)}")
+    x0 = handle_x0(x0_from_eps(xt, eps, alpha_bar), mode)
+    return x0, (eps_from_x0(xt, x0, alpha_bar) if mode == "clip_eps" else eps)
 
 
 def p_mean_variance(
@@ -121,14 +125,7 @@ def p_mean_variance(
     as in DDPM's code. x0_mode (see `x0_and_eps`; None: clip_x0 says clip or none) handles x̂_0;
     the mean uses x̂_0 alone, so clip and clip_eps agree. Returns (mean, log σ_t², x̂_0).
     """
-    x0 = predict_x0_from_eps(sched, xt, t, eps)
-    mode = x0_mode or ("clip" if clip_x0 else "none")
-    if mode == "dynamic":
-        x0 = dynamic_threshold(x0)
-    elif mode in ("clip", "clip_eps"):
-        x0 = x0.clamp(-1.0, 1.0)
-    elif mode != "none":
-        raise ValueError(f"unknown x0 mode {mode!r}; choose one of: {', '.join(X0_MODES)}")
+    x0 = handle_x0(predict_x0_from_eps(sched, xt, t, eps), x0_mode or ("clip" if clip_x0 else "none"))
     mean, _, log_var = q_posterior(sched, x0, xt, t)
     if variance == "fixed_large":
         large = torch.cat([sched.posterior_variance[1:2], sched.betas[1:]]) if sched.T > 1 else sched.betas

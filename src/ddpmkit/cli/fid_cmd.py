@@ -1,6 +1,6 @@
 """`ddpmkit fid`: FID of a checkpoint's samples, an image folder or a prepared cache, against a reference.
 
-Long work shows progress on stderr (`cli.progress`): sampling, then Inception features of the
+Long work shows progress on stderr (`ddpmkit.progress`): sampling, then Inception features of the
 reference unless its statistics are cached. Fewer than 2,048 images give a warning: the FID of a
 small set is biased upwards, so it is comparable only with FIDs of as many images.
 """
@@ -19,9 +19,9 @@ from typing_extensions import Annotated
 
 from ddpmkit.cli.common import ConfigOpt, PresetOpt, console, out, resolve_sample_config, user_errors
 from ddpmkit.cli.options import preset_default, set_option, settings_with_options
-from ddpmkit.cli.progress import work_progress
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.io_utils import write_text_atomic
+from ddpmkit.progress import Progress
 from ddpmkit.settings import Settings
 
 if TYPE_CHECKING:
@@ -42,11 +42,16 @@ def warn_if_few(count: int, what: str) -> None:
         )
 
 
+def _progress(what: str, total: int) -> Progress:
+    """A bar in a terminal, else a plain line every 10 s and one at the end (with the rate)."""
+    return Progress(what, total, unit="images", console=console, show_rate=True)
+
+
 def _with_progress(source: "ImageSource") -> "ImageSource":
     """The same source (same identity, so cached stats still match) whose reading shows progress."""
 
     def read(batch_size: int) -> Iterator[Any]:
-        with work_progress(console, f"Inception features of {source.label}", total=source.count) as bar:
+        with _progress(f"Inception features of {source.label}", source.count) as bar:
             for batch in source.read(batch_size):
                 yield batch
                 bar.advance(len(batch))
@@ -56,6 +61,7 @@ def _with_progress(source: "ImageSource") -> "ImageSource":
 
 def _image_source(path: Path, split: str, n: Optional[int]):
     """An image folder or a prepared cache as an ImageSource; None when it is neither."""
+    # lazy, here and below: ddpmkit.fid and the model code load torch, which `ddpmkit --help` must not
     from ddpmkit.fid import cache_source, folder_source, is_image_folder, is_prepared_cache
 
     if is_prepared_cache(path):
@@ -67,7 +73,7 @@ def _image_source(path: Path, split: str, n: Optional[int]):
 
 def _stats_of(path: Path, split: str, n: Optional[int], ex, cache_dir: Path, what: str):
     """(stats, description) for a .npz stats file, an image folder or a prepared cache."""
-    from ddpmkit.fid import FidStats
+    from ddpmkit.fid import FidStats  # lazy: torch
 
     if path.is_file() and path.suffix == ".npz":
         stats = FidStats.load(path)
@@ -95,6 +101,7 @@ def _source_stats(source, ex, cache_dir: Path, what: str):
 
 def _generated_stats(path: Path, asked: Settings, ex, dev, config, sets, opts: dict[str, Any]):
     """Statistics of n samples from a checkpoint; returns (stats, description, its settings)."""
+    # lazy: torch and the model code load for the work, not for `ddpmkit --help`
     from ddpmkit.checkpoint import load_model
     from ddpmkit.generate import eps_fn, generate
     from ddpmkit.images import to_uint8
@@ -109,7 +116,7 @@ def _generated_stats(path: Path, asked: Settings, ex, dev, config, sets, opts: d
     shape = (settings.model.in_channels, settings.data.size, settings.data.size)
     eps = eps_fn(model, dev)
     what = f"sampling {n:,} images ({cfg.sampler}, {calls} steps, on {dev}) for their Inception features"
-    with work_progress(console, what, total=n) as bar:
+    with _progress(what, n) as bar:
 
         def counted_eps(x, t):  # each network call is 1/calls of a batch's work
             e = eps(x, t)
@@ -215,7 +222,7 @@ def _reference_side(reference: Optional[Path], ref_settings: Settings, f, ex, st
     split = f.ref_split or ref_settings.data.split
     if reference is not None:
         return _stats_of(reference, split, f.ref_n, ex, stats_dir, "REFERENCE")
-    from ddpmkit.fid import default_reference
+    from ddpmkit.fid import default_reference  # lazy: torch
 
     # a checkpoint's samples are compared with the data it was trained on (its size and crop)
     return _source_stats(default_reference(ref_settings.data, split, f.ref_n), ex, stats_dir, "REFERENCE")

@@ -13,6 +13,7 @@ from typing_extensions import Annotated
 from ddpmkit.cli.common import ConfigOpt, PresetOpt, out, resolve_settings, user_errors
 from ddpmkit.cli.options import set_option
 from ddpmkit.errors import DdpmkitError
+from ddpmkit.human import fmt_bytes
 from ddpmkit.settings import Settings
 
 PREVIEW_DIR = Path("outputs/previews")  # dataset previews: inspect never writes into a cache
@@ -44,6 +45,7 @@ def _param_count(settings: Settings) -> int:
 
 
 def _inspect_checkpoint(path: Path) -> None:
+    # lazy: torch (see _param_count)
     from ddpmkit.checkpoint import read_metadata, resolve_checkpoint, settings_of
     from ddpmkit.train.rundir import read_log
 
@@ -74,15 +76,6 @@ def _inspect_checkpoint(path: Path) -> None:
         out.print(_settings_table(settings, "settings stored in the checkpoint"))
 
 
-def _human(n: float) -> str:
-    """A byte count for people: 512 B, 3.4 MiB."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
 def _cache_table(info: dict[str, Any]) -> Table:
     """`data.cache.describe_cache`'s facts as a table."""
     table = Table(title=f"cache {Path(info['path']).name}", show_header=True)
@@ -96,14 +89,14 @@ def _cache_table(info: dict[str, Any]) -> Table:
     table.add_row("skipped files", str(info["skipped"]))
     if info["has_attributes"]:
         table.add_row("attributes missing", str(info["attributes_missing"]))
-    table.add_row("size on disk", _human(info["bytes"]))
+    table.add_row("size on disk", fmt_bytes(info["bytes"]))
     table.add_row("created", str(info["created"]))
     return table
 
 
 def _inspect_cache(path: Path, preview: Optional[Path]) -> None:
     """A prepared dataset: its table, and a preview grid written outside the cache (never into it)."""
-    from ddpmkit.data.cache import describe_cache, preview_grid
+    from ddpmkit.data.cache import describe_cache, preview_grid  # lazy: numpy and PIL, for this path only
 
     info = describe_cache(path)
     out.print(_cache_table(info))
@@ -145,7 +138,7 @@ def inspect(
         _inspect_cache(path, preview)
         return
     if path.is_file() and path.suffix == ".jsonl":
-        from ddpmkit.train.rundir import read_log
+        from ddpmkit.train.rundir import read_log  # lazy: torch (see _param_count)
 
         rows = read_log(path)
         out.print(json.dumps(rows[-5:], indent=1))

@@ -9,6 +9,7 @@ import typer
 from typing_extensions import Annotated
 
 from ddpmkit.cli.common import console, newest_run, out, user_errors
+from ddpmkit.human import fmt_bytes
 
 
 @user_errors
@@ -24,11 +25,10 @@ def report(
 
     Example: ddpmkit report runs/demo
     """
-    from ddpmkit.report import write_report
+    from ddpmkit.report import write_report  # lazy: PIL and the report's code load for this command only
 
     if run is None:
         run = newest_run()
         console.print(f"reporting on the newest run: {run}", soft_wrap=True)
     target = write_report(run)
-    size = target.stat().st_size / 1e6
-    out.print(f"wrote {target} ({size:.1f} MB): open it in a browser", soft_wrap=True)
+    out.print(f"wrote {target} ({fmt_bytes(target.stat().st_size)}): open it in a browser", soft_wrap=True)

@@ -16,25 +16,15 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 import typer
 from typing_extensions import Annotated
 
-from ddpmkit.cli.common import (
-    ConfigOpt,
-    PresetOpt,
-    SetOpt,
-    console,
-    default_is,
-    from_preset,
-    newest_run,
-    resolve_sample_config,
-    resolve_settings,
-    user_errors,
-)
+from ddpmkit.cli.common import (ConfigOpt, PresetOpt, SetOpt, console, default_is, from_preset, newest_run,
+                                resolve_sample_config, resolve_settings, user_errors)
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.io_utils import free_dir
+from ddpmkit.progress import Progress
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from ddpmkit.progress import Progress
     from ddpmkit.settings import SampleConfig
 
 GRID_MAX = 64  # grid.png shows the first 64 images at most (8x8)
@@ -103,9 +93,9 @@ def sample(
 def draw(model: Any, smp: Any, alphas_cumprod: "Tensor", cfg: "SampleConfig", shape: tuple[int, int, int],
          dev: Any, writer: "SampleWriter", *, gif: bool, progress: bool) -> None:
     """Sample cfg.n images batch by batch into `writer`, with progress; Ctrl-C keeps what is written."""
+    # lazy, as in sample(): torch loads when the command runs, not for `ddpmkit --help`
     from ddpmkit.generate import eps_fn, generate
     from ddpmkit.pictures import DenoiseRecorder
-    from ddpmkit.progress import Progress
 
     n_batches = -(-cfg.n // cfg.batch_size)
     bar = Progress("sample", n_batches * len(smp.timesteps), mode="auto" if progress else "off", console=console,
@@ -212,6 +202,7 @@ class SampleWriter:
 
     def write(self, x: "Tensor") -> None:
         """x: (b, 3, H, W) in [-1, 1], the next b images."""
+        # lazy, as in sample(): torch loads when the command runs, not for `ddpmkit --help`
         from PIL import Image
 
         from ddpmkit.images import save_grid, save_png, to_uint8
@@ -222,7 +213,7 @@ class SampleWriter:
             save_png(pil, self.out_dir / "images" / f"sample_{self.done + j:0{self.digits}d}.png")
         have = sum(len(b) for b in self.first)
         if have < GRID_MAX:
-            import torch
+            import torch  # lazy: see above
 
             self.first.append(x[: GRID_MAX - have])
             save_grid(torch.cat(self.first), self.out_dir / "grid.png", scale=self.scale)

@@ -9,16 +9,8 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 from typing_extensions import Annotated
 
-from ddpmkit.cli.common import (
-    ConfigOpt,
-    PresetOpt,
-    SetOpt,
-    console,
-    default_is,
-    from_preset,
-    resolve_settings,
-    user_errors,
-)
+from ddpmkit.cli.common import (ConfigOpt, PresetOpt, SetOpt, console, default_is, from_preset, resolve_settings,
+                                user_errors)
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.settings import Settings, build_settings, parse_assignment, preset_name
 
@@ -116,7 +108,8 @@ def _settings(
 def _chosen(sets: Optional[list[str]], overrides: dict[str, Any], size: Optional[int],
             dataset: Optional[str]) -> "Choice":
     """No preset named: the one for the data found, its size and this machine (train/plan.py)."""
-    from ddpmkit.device import resolve_device  # lazy: imports torch
+    # lazy: both import torch, which `ddpmkit --help` must not load
+    from ddpmkit.device import resolve_device
     from ddpmkit.train.plan import choose_preset, machine_of
 
     # where to look and on what device: the data and device settings only, so a --set meant for

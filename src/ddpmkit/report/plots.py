@@ -44,7 +44,7 @@ def smooth(values: Sequence[float], weight: Optional[float] = None) -> list[floa
 
 
 def _render(fig: "Figure") -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: on first chart (module docstring)
 
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
@@ -53,7 +53,7 @@ def _render(fig: "Figure") -> bytes:
 
 
 def _axes(title: str, ylabel: str, size: tuple[float, float] = (5.3, 2.7)) -> tuple["Figure", Any]:
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # lazy: on first chart (module docstring)
 
     fig = Figure(figsize=size, layout="constrained")
     ax = fig.add_subplot()
@@ -88,7 +88,7 @@ def line(steps: Sequence[float], values: Sequence[float], title: str, ylabel: st
 
 
 def _style() -> Any:
-    import matplotlib
+    import matplotlib  # lazy: on first chart (module docstring)
 
     return matplotlib.rc_context(STYLE)
 

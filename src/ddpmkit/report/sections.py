@@ -5,26 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
+from ddpmkit.human import fmt_bytes, fmt_duration
 from ddpmkit.report import plots
 from ddpmkit.report.collect import Picture, RunData
 from ddpmkit.report.page import img, note, table
 
 MAX_GRIDS = 24  # a long run saves hundreds of grids: show this many, evenly spread, first and last kept
 Section = tuple[str, str, str]
-
-
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
-
-
-def fmt_duration(seconds: float) -> str:
-    s = int(round(seconds))
-    h, m = s // 3600, s % 3600 // 60
-    return f"{h}h {m:02d}m" if h else f"{m}m {s % 60:02d}s" if m else f"{s}s"
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:

@@ -12,7 +12,8 @@ from typing import Any, Callable, Optional
 
 from rich.console import Console
 
-from ddpmkit.progress import Mode, Progress, fmt_duration, make_console
+from ddpmkit.human import fmt_duration
+from ddpmkit.progress import Mode, Progress, make_console
 
 Log = Callable[[str], None]
 CPU_PATIENCE_S = 12 * 3600  # longer than a night on a CPU is not "reasonable": warn
