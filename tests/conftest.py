@@ -8,7 +8,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from ddpmkit.settings import FID_WEIGHTS_ENV, Settings, build_settings, deep_merge
+from ddpmkit.sections import FID_WEIGHTS_ENV
+from ddpmkit.settings import Settings, build_settings, deep_merge
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -28,7 +28,7 @@ from ddpmkit.fid import (
     resolve_weights,
 )
 from ddpmkit.fid.weights import PYTORCH_FID_URL, WEIGHTS_NAME
-from ddpmkit.settings import FID_WEIGHTS_ENV
+from ddpmkit.sections import FID_WEIGHTS_ENV
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:Matrix is singular")
 

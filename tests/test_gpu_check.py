@@ -151,7 +151,7 @@ def test_a_training_step_on_the_gpu_path_keeps_weights_finite():
     cuda = device.type == "cuda"
     sets = ["data.size=16", "model.ch=16", "model.ch_mult=[1,2]", "model.attn_resolutions=[8]", "model.num_groups=8"]
     torch.manual_seed(0)
-    model = UNet(build_settings(preset="demo", sets=sets).model).to(device)
+    model = UNet.from_config(build_settings(preset="demo", sets=sets).model).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     before = [p.detach().clone() for p in model.parameters()]

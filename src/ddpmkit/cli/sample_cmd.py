@@ -19,6 +19,7 @@ from typing_extensions import Annotated
 from ddpmkit.cli.common import (ConfigOpt, PresetOpt, SetOpt, console, default_is, from_preset, newest_run,
                                 resolve_sample_config, resolve_settings, user_errors)
 from ddpmkit.errors import DdpmkitError
+from ddpmkit.sections import MAX_SEED
 from ddpmkit.io_utils import free_dir
 from ddpmkit.progress import Progress
 
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
     from ddpmkit.settings import SampleConfig
 
 GRID_MAX = 64  # grid.png shows the first 64 images at most (8x8)
-MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; batch k uses seed + k
 RUN = "the run's settings"
 
 
@@ -36,7 +36,7 @@ RUN = "the run's settings"
 def sample(
     checkpoint: Annotated[Optional[Path], typer.Argument(metavar="[RUN]", help="Run directory, checkpoint folder or .safetensors. " + default_is("the newest run under runs/"), show_default=False)] = None,  # noqa: E501
     n: Annotated[Optional[int], typer.Option("--n", help=from_preset("Number of images.", "sample.n", what=RUN))] = None,
-    seed: Annotated[Optional[int], typer.Option(help=from_preset("Seed: the same seed gives the same images.", "sample.seed", what=RUN))] = None,  # noqa: E501
+    seed: Annotated[Optional[int], typer.Option(help=from_preset("Seed: image i of seed s is the same for any --n, --batch-size or device; different seeds share no image.", "sample.seed", what=RUN))] = None,  # noqa: E501
     sampler: Annotated[Optional[str], typer.Option(help=from_preset("ddpm, ddim or dpmsolver++.", "sample.sampler", what=RUN))] = None,
     steps: Annotated[Optional[int], typer.Option(help=from_preset("Network calls (unset: T for ddpm, 50 otherwise).", "sample.steps", what=RUN))] = None,  # noqa: E501
     eta: Annotated[Optional[float], typer.Option(help=from_preset("DDIM η: 0 deterministic, 1 DDPM-like.", "sample.eta", what=RUN))] = None,
@@ -114,12 +114,11 @@ def draw(model: Any, smp: Any, alphas_cumprod: "Tensor", cfg: "SampleConfig", sh
 
 
 def check_options(cfg: "SampleConfig", scale: Optional[int]) -> None:
-    """What the settings' own checks leave: the seeds of all batches fit a 64-bit generator, and
-    --scale is a whole factor of at least 1 (n, batch size and steps vs T are checked already)."""
-    n_batches = -(-cfg.n // cfg.batch_size)
-    if cfg.seed < 0 or cfg.seed + n_batches - 1 > MAX_SEED:
-        raise DdpmkitError(f"--seed {cfg.seed} is out of range: 0 to {MAX_SEED - n_batches + 1:,} "
-                           f"for {n_batches:,} batches (batch k uses seed + k)")
+    """What the settings' own checks leave: the seed is a 64-bit value (each image's noise comes
+    from a generator seeded by (seed, image index)), and --scale is a whole factor of at least 1
+    (n, batch size and steps vs T are checked already)."""
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise DdpmkitError(f"--seed {cfg.seed} is out of range: 0 to {MAX_SEED:,}")
     if scale is not None and not 1 <= scale <= 64:
         raise DdpmkitError(f"--scale {scale} is out of range: a whole factor from 1 to 64")
 

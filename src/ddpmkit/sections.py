@@ -1,0 +1,210 @@
+"""The sections of the settings, one pydantic model each: model, diffusion, data, train, sample, fid.
+
+`settings.Settings` puts them together and loads them from presets, files and the command line.
+Every section forbids unknown keys, so a typo is an error that names the key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DATA_ROOT_ENV = "DDPMKIT_DATA_ROOT"
+MAX_SEED = 2**63 - 1  # torch seeds are 64-bit; seed + rank offsets must stay below 2**64
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class ModelConfig(_Section):
+    """The ε-prediction U-Net."""
+
+    image_size: Optional[int] = Field(
+        None, ge=8, le=1024, description="side of the square images, pixels; None = data.size (set that instead)"
+    )
+    in_channels: int = Field(3, ge=1)
+    ch: int = Field(128, ge=8, description="base channel count")
+    ch_mult: tuple[int, ...] = Field((1, 2, 2, 2, 4), min_length=1)
+    num_res_blocks: int = Field(2, ge=1)
+    attn_resolutions: tuple[int, ...] = (16,)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    num_groups: int = Field(32, ge=1, description="GroupNorm groups")
+    head_channels: int = Field(0, ge=0, description="channels per attention head; 0 = one head")
+    cond_dim: int = Field(0, ge=0, description="conditioning vector size (e.g. 40 CelebA attributes); 0 = none")
+
+    @model_validator(mode="after")
+    def _check_groups(self) -> "ModelConfig":
+        for m in self.ch_mult:
+            if (self.ch * m) % self.num_groups:
+                raise ValueError(f"ch*{m} = {self.ch * m} is not divisible by num_groups {self.num_groups}")
+        return self
+
+    def check_size(self, size: int) -> None:
+        """Raise ValueError unless the U-Net fits size x size images (see `check_unet_shape`)."""
+        check_unet_shape(size, self.ch, self.ch_mult, self.attn_resolutions, self.head_channels)
+
+
+def check_unet_shape(
+    size: int, ch: int, ch_mult: Sequence[int], attn_resolutions: Sequence[int], head_channels: int
+) -> None:
+    """Raise ValueError unless a U-Net of these settings fits size x size images: the size halves
+    cleanly at every level, every attention resolution is one of the levels' sizes, and
+    head_channels divides the channels of every attention layer. The one place this is checked:
+    `Settings.check_model` and the `UNet` constructor both call it."""
+    down = 2 ** (len(ch_mult) - 1)
+    if size % down:
+        raise ValueError(f"data.size {size} is not divisible by 2**(len(model.ch_mult)-1) = {down}")
+    levels = [size // 2**i for i in range(len(ch_mult))]
+    for r in attn_resolutions:
+        if r not in levels:
+            raise ValueError(
+                f"model.attn_resolutions: {r} matches no U-Net level at data.size {size} "
+                f"(levels: {', '.join(map(str, levels))})"
+            )
+    if head_channels:
+        attn_ch = {ch * m for m, r in zip(ch_mult, levels) if r in attn_resolutions}
+        for c in sorted(attn_ch | {ch * ch_mult[-1]}):  # the middle block always has attention
+            if c % head_channels:
+                raise ValueError(
+                    f"model.head_channels {head_channels} does not divide the {c} channels of an attention layer"
+                )
+
+
+class DiffusionConfig(_Section):
+    """The forward process: β_1..β_T."""
+
+    schedule: Literal["linear", "cosine"] = "linear"
+    timesteps: int = Field(1000, ge=2, le=100_000, description="T")
+    beta_start: float = Field(1e-4, gt=0.0, lt=1.0)
+    beta_end: float = Field(0.02, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _check_betas(self) -> "DiffusionConfig":
+        if self.schedule == "linear" and self.beta_end < self.beta_start:
+            raise ValueError("beta_end must be >= beta_start")
+        return self
+
+
+class DataConfig(_Section):
+    """Where training images come from."""
+
+    dataset: Literal["synthetic", "celeba", "folder"] = "synthetic"
+    root: Path = Field(
+        default_factory=lambda: Path(os.environ.get(DATA_ROOT_ENV, "data/celeba")),
+        description=f"CelebA root or image folder (environment: {DATA_ROOT_ENV})",
+    )
+    cache_dir: Path = Path("data/cache")
+    size: int = Field(64, ge=8, le=1024, description="prepared image side, pixels")
+    crop: Literal["ddim", "center140", "full"] = "ddim"
+    split: Literal["train", "val", "test", "all"] = "train"
+    hflip: bool = True
+    synthetic_count: int = Field(4096, ge=1, description="images in the generated demo dataset")
+    synthetic_seed: int = Field(0, ge=0, description="seed of the generated demo dataset")
+    workers: int = Field(0, ge=0, description="processes for prepare; 0 = all cores")
+
+
+class TrainConfig(_Section):
+    """Optimisation and bookkeeping."""
+
+    run_dir: Path = Path("runs/demo")
+    epochs: Optional[int] = Field(None, ge=1, description="stop after this many epochs")
+    max_steps: Optional[int] = Field(None, ge=1, description="stop after this many steps")
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(2e-4, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_steps: int = Field(5000, ge=0)
+    lr_decay: Literal["constant", "cosine"] = Field(
+        "constant", description="after warm-up: constant (DDPM) or cosine to 0 at the last step"
+    )
+    grad_clip: float = Field(1.0, ge=0.0, description="max gradient norm; 0 = off")
+    ema_decay: float = Field(0.9999, ge=0.0, lt=1.0)
+    ema_warmup: bool = Field(True, description="use min(decay, (1+n)/(10+n)) so early EMA is not stuck at init")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    compile: bool = False
+    channels_last: bool = Field(True, description="channels_last memory format on CUDA")
+    device: str = "auto"
+    log_every: int = Field(50, ge=1)
+    sample_every: int = Field(1000, ge=0, description="EMA sample grid every N steps; 0 = off")
+    ckpt_every: int = Field(5000, ge=0, description="checkpoint every N steps; 0 = only at the end")
+    keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept; older ones are deleted")
+    keep_full: int = Field(
+        1, ge=1, description="the newest N kept checkpoints keep everything; older ones keep only "
+        "ema.safetensors (enough to sample, not to resume)"
+    )
+    num_samples: int = Field(16, ge=1, description="images in each training sample grid")
+    report: bool = Field(True, description="write report.html into the run at every checkpoint")
+    tensorboard: bool = Field(
+        False, description="also log scalars and sample grids for TensorBoard (pip install 'ddpmkit[tensorboard]')"
+    )
+
+
+class SampleConfig(_Section):
+    """Generation."""
+
+    sampler: Literal["ddpm", "ddim", "dpmsolver++"] = "ddpm"
+    steps: Optional[int] = Field(None, ge=1, description="network calls; None = T for ddpm, 50 otherwise")
+    spacing: Optional[Literal["uniform", "trailing", "leading", "quadratic"]] = Field(
+        None, description="which training steps to visit (uniform = diffusers' linspace); None = the "
+        "sampler's default, chosen by measurement (trailing for every sampler today)"
+    )
+    eta: float = Field(0.0, ge=0.0, description="DDIM stochasticity: 0 = deterministic, 1 = DDPM-like")
+    variance: Literal["fixed_small", "fixed_large"] = "fixed_small"
+    x0: Literal["none", "clip", "clip_eps", "dynamic"] = Field(
+        "clip_eps",
+        description="what samplers do with the predicted x_0: none; clip to [-1, 1]; clip and recompute "
+        "eps from it (clip_eps); dynamic thresholding (Saharia et al. 2022, p = 0.995)",
+    )
+    n: int = Field(16, ge=1)
+    batch_size: int = Field(64, ge=1)
+    seed: int = Field(0, description="image i of seed s is the same for any n, batch size or device")
+    use_ema: bool = True
+    out_dir: Path = Path("outputs/samples")
+    gif_frames: int = Field(40, ge=2)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _clip_x0_alias(cls, data: Any) -> Any:
+        """`clip_x0: bool`, the older setting (stored in checkpoints), means x0 clip_eps / none.
+        Given, it overrides x0: it can only come from old settings or a user who typed it."""
+        if isinstance(data, dict) and "clip_x0" in data:
+            data = dict(data)
+            flag = data.pop("clip_x0")
+            if not isinstance(flag, bool):
+                raise ValueError(f"clip_x0 must be true or false (got {flag!r}); prefer x0: none|clip|clip_eps|dynamic")
+            data["x0"] = "clip_eps" if flag else "none"
+        return data
+
+    @property
+    def clip_x0(self) -> bool:
+        """The older flag, read-only: whether x_0 is clamped in any way."""
+        return self.x0 != "none"
+
+
+FID_WEIGHTS_ENV = "DDPMKIT_FID_WEIGHTS"
+
+
+class FidConfig(_Section):
+    """FID evaluation (Inception-v3 pool3 features, pytorch-fid's network and formula)."""
+
+    weights: Optional[Path] = Field(
+        None,
+        description=f"FID Inception weights file; None = ${FID_WEIGHTS_ENV}, else the user cache "
+        "~/.cache/ddpmkit/ (pt_inception-2015-12-05-fid-nofc.pth)",
+    )
+    verify_weights: bool = Field(True, description="check the weights file's sha256 against the known ones")
+    n: int = Field(10_000, ge=2, description="generated images per FID")
+    batch_size: int = Field(50, ge=1, description="images per Inception forward pass")
+    ref_split: Optional[Literal["train", "val", "test", "all"]] = Field(
+        None, description="reference split of the prepared dataset; None = data.split"
+    )
+    ref_n: Optional[int] = Field(None, ge=2, description="reference images (the first ref_n); None = all")
+    every: int = Field(0, ge=0, description="FID during training every N steps; 0 = off")
+    every_n: int = Field(500, ge=2, description="generated images for the training-time FID")
+    every_sampler: Literal["ddpm", "ddim", "dpmsolver++"] = "dpmsolver++"
+    every_steps: int = Field(20, ge=1, description="sampler steps for the training-time FID")
