@@ -49,6 +49,7 @@ from ddpmkit.data.leftovers import OWNER, mark_owner, remove_leftovers
 from ddpmkit.data.prepare_records import make_counts, save_attributes, source_record, write_report
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.io_utils import atomic_path, write_text_atomic
+from ddpmkit.progress import Progress
 
 if TYPE_CHECKING:
     from ddpmkit.settings import DataConfig
@@ -136,22 +137,6 @@ def _make_pool(workers: int):
     methods = mp.get_all_start_methods()
     ctx = mp.get_context("fork" if "fork" in methods and os.name == "posix" else None)
     return ctx.Pool(workers)
-
-
-def _progress(console: Console, enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not enabled,
-        transient=False,
-    )
 
 
 def resolve_workers(workers: int) -> int:
@@ -320,16 +305,16 @@ def _decode_all(
     try:
         # imap keeps task order, so the cache order is the sorted file order for any worker count
         results = pool.imap(_process_chunk, tasks) if pool else map(_process_chunk, tasks)
-        with _progress(console, show_progress) as bar:
-            job = bar.add_task(f"prepare {size}px {settings['crop']} ({out.workers} proc)", total=n, rate="")
+        label = f"prepare {size}px {settings['crop']} ({out.workers} proc)"
+        # a bar in a terminal, plain lines when piped (the pool exists before the bar's thread starts)
+        with Progress(label, total=n, unit="images", mode="auto" if show_progress else "off",
+                      console=console, show_rate=True) as bar:
             for ci, (arr, ok, bad) in enumerate(results):
                 images[out.ok : out.ok + len(arr)] = arr
                 out.ok += len(arr)
                 out.kept.extend(ci * CHUNK + j for j, flag in enumerate(ok) if flag)
                 out.skipped.extend(bad)
-                done = min(n, (ci + 1) * CHUNK)
-                rate = done / max(time.perf_counter() - start, 1e-9)
-                bar.update(job, completed=done, rate=f"{rate:,.0f} img/s")
+                bar.advance(len(ok))
         if pool:
             pool.close()
     finally:
