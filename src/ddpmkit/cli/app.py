@@ -17,6 +17,7 @@ from typing_extensions import Annotated
 
 from ddpmkit import __version__
 from ddpmkit.cli.fid_cmd import fid
+from ddpmkit.cli.inpaint_cmd import inpaint
 from ddpmkit.cli.inspect_cmd import inspect
 from ddpmkit.cli.noise_demo_cmd import noise_demo
 from ddpmkit.cli.prepare_cmd import prepare
@@ -103,6 +104,7 @@ def _root(
 app.command(cls=Command)(prepare)
 app.command(cls=Command)(train)
 app.command(cls=Command)(sample)
+app.command(cls=Command)(inpaint)
 app.command("noise-demo", cls=Command)(noise_demo)
 app.command(cls=Command)(inspect)
 app.command(cls=Command)(fid)
