@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from conftest import TINY
 from ddpmkit.cli.app import app
 from ddpmkit.data.crops import load_square
+from ddpmkit.data.synthetic import draw_face
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.masks import MASKS, RANDOM_FRACTION, builtin_mask, face_boxes, load_mask, resolve_mask
 from ddpmkit.samplers import DDPMSampler, PerImageNoise
@@ -251,6 +252,17 @@ def test_inpaint_newest_run_default_folder_and_user_mask(run, face, tmp_path, mo
     assert (made[0] / "grid.png").exists()
 
 
+def test_inpaint_a_demo_face(run, tmp_path):
+    """demo:K: demo face K of the stream after the run's own, at the run's size."""
+    r = invoke("inpaint", run, "demo:3", "--mask", "mouth", "--n", "1", "--steps", "4", "--resample", "1",
+               "--jump", "1", "--out", tmp_path / "d", "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert np.array_equal(_png(tmp_path / "d" / "input.png"), draw_face(16, 1, 3))
+    fill, mask = _png(tmp_path / "d" / "fills" / "fill_00000.png"), _png(tmp_path / "d" / "mask.png") > 0
+    assert np.array_equal(mask, builtin_mask("mouth", 16, "demo").numpy())
+    assert np.array_equal(fill[~mask], draw_face(16, 1, 3)[~mask])
+
+
 def _error(*args) -> str:
     r = runner.invoke(app, [str(a) for a in args])
     assert r.exit_code == 2, r.output
@@ -261,6 +273,7 @@ def _error(*args) -> str:
 
 def test_inpaint_errors(run, face, tmp_path):
     assert "image not found" in _error("inpaint", run, tmp_path / "nope.jpg")
+    assert "image not found: demo:x" in _error("inpaint", run, "demo:x")
     assert "no IMAGE given" in _error("inpaint")
     line = _error("inpaint", run, face, "--mask", "nose", "--out", tmp_path / "x")
     assert "unknown mask 'nose'" in line and "box, left, right, top, bottom, eyes, mouth, random" in line

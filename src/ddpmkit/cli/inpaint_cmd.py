@@ -8,6 +8,7 @@ and folders, the centre square for the demo faces). The math is `samplers.repain
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -15,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 from typing_extensions import Annotated
 
-from ddpmkit.cli.common import console, default_is, newest_run, user_errors
+from ddpmkit.cli.common import (ConfigOpt, PresetOpt, SetOpt, console, default_is, newest_run, resolve_settings,
+                                user_errors)
 from ddpmkit.cli.sample_cmd import counted, output_folder, short_of_plan
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.sections import MAX_SEED
@@ -29,12 +31,14 @@ MASK_CHOICES = "box, left, right, top, bottom, eyes, mouth, random"
 STEPS, JUMP, RESAMPLE = 250, 10, 10  # RePaint's settings for faces (samplers.repaint.PAPER_*)
 GRID_ROW = 10  # pictures a row of grid.png holds
 TINT = (1.0, -1.0, 1.0)  # magenta, in [-1, 1]: the region to fill on the mask picture
+DEMO = re.compile(r"demo:(\d+)$")  # IMAGE demo:K: demo face K, from a stream no run trains on
+DEMO_STREAM = 1  # added to the run's data.synthetic_seed: another stream shares no face with it
 
 
 @user_errors
 def inpaint(
     run: Annotated[Optional[Path], typer.Argument(metavar="RUN", help="Run directory, checkpoint folder or .safetensors. " + default_is("the newest run under runs/"), show_default=False)] = None,  # noqa: E501
-    image: Annotated[Optional[Path], typer.Argument(metavar="IMAGE", help="The face to fill in (any format Pillow reads); required.", show_default=False)] = None,  # noqa: E501
+    image: Annotated[Optional[Path], typer.Argument(metavar="IMAGE", help="The face to fill in (any format Pillow reads), or demo:K for generated demo face K (not in any training set); required.", show_default=False)] = None,  # noqa: E501
     mask: Annotated[str, typer.Option("--mask", help=f"What to fill: {MASK_CHOICES}, or a PNG (white = fill; the image's size or square).")] = "box",  # noqa: E501
     n: Annotated[int, typer.Option("--n", help="Number of fills.")] = 4,
     steps: Annotated[Optional[int], typer.Option(help=f"Steps of the respaced DDPM chain. {default_is(f'{STEPS}, at most T')}", show_default=False)] = None,  # noqa: E501
@@ -48,6 +52,9 @@ def inpaint(
     no_ema: Annotated[bool, typer.Option("--no-ema", metavar="", help="Use the raw weights instead of the EMA.")] = False,  # noqa: E501
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps. " + default_is("auto"), show_default=False)] = None,  # noqa: E501
     progress: Annotated[bool, typer.Option("--progress/--no-progress", metavar="", show_default=False, help="A bar in a terminal, plain lines when piped (default); --no-progress: neither.")] = True,  # noqa: E501
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+    sets: SetOpt = None,
 ) -> None:
     """Fill in a masked part of a face (RePaint): grid.png, fills/*.png and (--gif) denoise.gif.
 
@@ -58,11 +65,13 @@ def inpaint(
       ddpmkit inpaint face.jpg --mask eyes --gif      (the newest run under runs/)
       ddpmkit inpaint runs/celeba64 face.jpg --mask mask.png --n 8
       ddpmkit inpaint face.jpg --mask random --resample 1 --jump 1   (replacement, no resampling)
+      ddpmkit inpaint demo:3 --mask mouth --n 8    (a generated demo face: no file needed)
+    The model comes from RUN; --preset, --config and --set describe foreign weights only.
     """
     # lazy: torch and the model code load when the command runs, not for `ddpmkit --help`
     from ddpmkit.checkpoint import load_model, resolve_checkpoint
     from ddpmkit.device import resolve_device
-    from ddpmkit.masks import resolve_mask
+    from ddpmkit.masks import MASKS, resolve_mask
     from ddpmkit.samplers import DDPMSampler
     from ddpmkit.samplers.repaint import RePaint
     from ddpmkit.schedule import NoiseSchedule
@@ -71,22 +80,29 @@ def inpaint(
         if run is None:
             raise DdpmkitError("no IMAGE given: ddpmkit inpaint [RUN] IMAGE --mask ...")
         run, image = None, run
-    pixels, image_size = read_image(image, None)  # not found / unreadable: before loading the model
-    dev = resolve_device(device or "auto")
+    demo = DEMO.match(str(image)) if not image.exists() else None
+    if demo is None:
+        read_image(image, None)  # not found / unreadable: before loading the model
+    asked = resolve_settings(config, preset, sets, {"train": {"device": device}})
+    dev = resolve_device(asked.train.device)
     path = run if run is not None else newest_run(need_checkpoint=True)
-    model, settings, step = load_model(path, dev, use_ema=not no_ema)
+    model, settings, step = load_model(path, dev, use_ema=not no_ema, fallback_settings=asked)
     T, size = settings.diffusion.timesteps, settings.data.size
     steps = min(STEPS, T) if steps is None else steps
     check_options(n, steps, jump, resample, seed, batch_size, T)
     crop, layout = data_crop(settings)
-    pixels, _ = read_image(image, (crop, size))
+    if demo is not None:
+        pixels, image_size = demo_face(int(demo.group(1)), size, settings.data.synthetic_seed), (size, size)
+    else:
+        pixels, image_size = read_image(image, (crop, size))
     fill = resolve_mask(mask, size, layout=layout, seed=seed, image_size=image_size, crop=crop)
     sched = NoiseSchedule.from_config(settings.diffusion).to(dev)
     smp = DDPMSampler(sched, settings.sample.spacing, settings.sample.variance, settings.sample.x0)
     smp.set_timesteps(steps)
     repaint = RePaint(smp, jump, resample)
-    mask_name = mask.lower() if not Path(mask).suffix else "mask-" + Path(mask).stem
-    label = (f"{Path(path).resolve().name}-step{step}-{image.stem}-{mask_name}-repaint{steps}-j{jump}-r{resample}"
+    mask_name = mask.lower() if mask.lower() in MASKS else "mask-" + Path(mask).stem
+    stem = f"demo{demo.group(1)}" if demo is not None else image.stem
+    label = (f"{Path(path).resolve().name}-step{step}-{stem}-{mask_name}-repaint{steps}-j{jump}-r{resample}"
              f"-seed{seed}")
     out_dir = output_folder(out, force, settings.sample.out_dir.parent / "inpaint" / label)
     # everything is checked: from here on, output
@@ -156,6 +172,16 @@ def read_image(path: Path, crop_size: Optional[tuple[str, int]]) -> tuple["Tenso
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         reason = "not a readable image file" if isinstance(e, UnidentifiedImageError) else str(e).splitlines()[0]
         raise DdpmkitError(f"cannot read image {path}: {reason}") from None
+
+
+def demo_face(index: int, size: int, synthetic_seed: int) -> "Tensor":
+    """Demo face `index` at `size` px, (3, S, S) uint8, drawn from the stream after the run's own
+    (data.synthetic_seed + 1): a face like the training data that the run never saw."""
+    import torch
+
+    from ddpmkit.data.synthetic import draw_face
+
+    return torch.from_numpy(draw_face(size, synthetic_seed + DEMO_STREAM, index).copy()).permute(2, 0, 1)
 
 
 def draw_fills(model: Any, repaint: Any, alphas_cumprod: "Tensor", pixels: "Tensor", fill: "Tensor", *, n: int,
