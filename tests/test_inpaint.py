@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from conftest import TINY
 from ddpmkit.cli.app import app
+from ddpmkit.cli.inpaint_cmd import MASK_CHOICES
 from ddpmkit.data.crops import load_square
 from ddpmkit.data.synthetic import draw_face
 from ddpmkit.errors import DdpmkitError
@@ -93,6 +94,22 @@ def test_oracle_model_fills_its_image_and_keeps_the_known_exactly(jump, resample
     assert torch.equal(out[:, :, ~fill], known[:, :, ~fill])
     assert torch.allclose(out[:, :, fill], target.expand(2, -1, -1, -1)[:, :, fill], atol=1e-4)
     assert seen == list(range(-1, 20))  # the final descent, reported as a plain run's
+
+
+def test_renoising_goes_up_the_chain():
+    """q(x_k | x_0) then q(x_{k+1} | x_k) is q(x_{k+1} | x_0) on the respaced chain: the mean
+    √ᾱ'_{k+1} x_0 and the variance 1 - ᾱ'_{k+1}, over 49,152 pixels."""
+    sched = NoiseSchedule.from_config(DiffusionConfig(timesteps=1000))
+    smp = DDPMSampler(sched)
+    smp.set_timesteps(10)
+    rp = RePaint(smp, 2, 2)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.full((4, 3, 64, 64), 0.5)
+    for k in (0, 4, 8):
+        x = rp.renoise(rp.known_at(x0, k, g), k, g)
+        ab = float(smp.respaced.alphas_cumprod[k + 1])
+        assert abs(float(x.mean()) - ab**0.5 * 0.5) < 0.02
+        assert abs(float(x.var()) - (1 - ab)) < 0.03
 
 
 def test_per_image_seeds_do_not_depend_on_the_batch():
@@ -175,6 +192,7 @@ def test_user_masks(tmp_path):
     with pytest.raises(DdpmkitError, match="choose one of: box, left"):
         resolve_mask("nose", 8, layout="ddim", seed=0, image_size=(8, 8), crop="ddim")
     assert set(MASKS) == {"box", "left", "right", "top", "bottom", "eyes", "mouth", "random"}
+    assert MASK_CHOICES == ", ".join(MASKS)  # the help's list (which must not import torch) is the real one
 
 
 # ----------------------------------------------------------------------------- the command

@@ -71,7 +71,7 @@ def inpaint(
     # lazy: torch and the model code load when the command runs, not for `ddpmkit --help`
     from ddpmkit.checkpoint import load_model, resolve_checkpoint
     from ddpmkit.device import resolve_device
-    from ddpmkit.masks import MASKS, resolve_mask
+    from ddpmkit.masks import MASKS
     from ddpmkit.samplers import DDPMSampler
     from ddpmkit.samplers.repaint import RePaint
     from ddpmkit.schedule import NoiseSchedule
@@ -90,12 +90,7 @@ def inpaint(
     T, size = settings.diffusion.timesteps, settings.data.size
     steps = min(STEPS, T) if steps is None else steps
     check_options(n, steps, jump, resample, seed, batch_size, T)
-    crop, layout = data_crop(settings)
-    if demo is not None:
-        pixels, image_size = demo_face(int(demo.group(1)), size, settings.data.synthetic_seed), (size, size)
-    else:
-        pixels, image_size = read_image(image, (crop, size))
-    fill = resolve_mask(mask, size, layout=layout, seed=seed, image_size=image_size, crop=crop)
+    pixels, fill = image_and_mask(image, demo, mask, seed, settings)
     sched = NoiseSchedule.from_config(settings.diffusion).to(dev)
     smp = DDPMSampler(sched, settings.sample.spacing, settings.sample.variance, settings.sample.x0)
     smp.set_timesteps(steps)
@@ -139,6 +134,20 @@ def check_options(n: int, steps: int, jump: int, resample: int, seed: int, batch
         raise DdpmkitError(f"--seed {seed} is out of range: 0 to {MAX_SEED:,}")
     if batch_size is not None and batch_size < 1:
         raise DdpmkitError(f"--batch-size {batch_size} must be at least 1")
+
+
+def image_and_mask(image: Path, demo: Optional["re.Match[str]"], mask: str, seed: int,
+                   settings: "Settings") -> tuple["Tensor", "Tensor"]:
+    """The input as the run's data was made, (3, S, S) uint8, and the mask, (S, S) bool (True = fill)."""
+    from ddpmkit.masks import resolve_mask
+
+    size = settings.data.size
+    crop, layout = data_crop(settings)
+    if demo is not None:
+        pixels, image_size = demo_face(int(demo.group(1)), size, settings.data.synthetic_seed), (size, size)
+    else:
+        pixels, image_size = read_image(image, (crop, size))
+    return pixels, resolve_mask(mask, size, layout=layout, seed=seed, image_size=image_size, crop=crop)
 
 
 def data_crop(settings: "Settings") -> tuple[str, str]:
