@@ -81,6 +81,10 @@ class DiffusionConfig(_Section):
     timesteps: int = Field(1000, ge=2, le=100_000, description="T")
     beta_start: float = Field(1e-4, gt=0.0, lt=1.0)
     beta_end: float = Field(0.02, gt=0.0, lt=1.0)
+    prediction: Literal["eps", "v"] = Field(
+        "eps", description="what the network predicts: eps (DDPM) or v = sqrt(abar) eps - sqrt(1-abar) x_0 "
+        "(Salimans & Ho 2022); samplers always receive eps"
+    )
 
     @model_validator(mode="after")
     def _check_betas(self) -> "DiffusionConfig":

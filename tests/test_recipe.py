@@ -1,0 +1,118 @@
+"""Training-recipe settings: v-prediction, min-SNR-γ loss weighting, the power-function EMA."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from analytic_gaussian import GaussianData, x_T
+from conftest import tiny
+from ddpmkit.checkpoint import load_model
+from ddpmkit.cli.app import app
+from ddpmkit.diffusion import eps_from_output, eps_from_v, predict_v, q_sample, training_loss, v_from_eps
+from ddpmkit.generate import eps_fn, generate
+from ddpmkit.images import to_uint8
+from ddpmkit.samplers import make_sampler, sample
+from ddpmkit.schedule import NoiseSchedule, cosine_betas, linear_betas
+from ddpmkit.settings import SampleConfig
+from ddpmkit.train import train
+from ddpmkit.train.periodic import PreviewGrids
+
+CPU = torch.device("cpu")
+
+
+def _scheds() -> list[NoiseSchedule]:
+    return [NoiseSchedule.from_betas(linear_betas(1000)), NoiseSchedule.from_betas(cosine_betas(1000))]
+
+
+def _batch(seed: int = 0, n: int = 6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.rand((n, 3, 4, 4), generator=g, dtype=torch.float64) * 2 - 1
+    noise = torch.randn((n, 3, 4, 4), generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 1, 250, 500, 998, 999])[:n]
+    return x0, noise, t
+
+
+# ----------------------------------------------------------------------------- v-prediction
+
+
+@pytest.mark.parametrize("sched", _scheds(), ids=["linear", "cosine"])
+def test_v_target_and_its_conversion_to_eps_are_exact(sched):
+    x0, noise, t = _batch()
+    xt = q_sample(sched, x0, t, noise)
+    v = predict_v(sched, x0, t, noise)
+    a = sched.alphas_cumprod[t].reshape(-1, 1, 1, 1)
+    torch.testing.assert_close(v, a.sqrt() * noise - (1 - a).sqrt() * x0, rtol=0, atol=1e-15)
+    # the true v gives back the true ε at every t, from t = 0 to the noisiest step
+    torch.testing.assert_close(eps_from_v(sched, xt, t, v), noise, rtol=0, atol=1e-12)
+    # ε -> v -> ε for any ε (not only the true one)
+    eps = torch.randn(x0.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(eps_from_v(sched, xt, t, v_from_eps(sched, xt, t, eps)), eps, rtol=0, atol=1e-9)
+    assert eps_from_output(sched, xt, t, eps, "eps") is eps
+    with pytest.raises(ValueError, match="prediction"):
+        eps_from_output(sched, xt, t, eps, "x0")  # type: ignore[arg-type]
+
+
+def test_v_loss_regresses_the_network_onto_v():
+    sched = _scheds()[0]
+    x0, noise, t = _batch()
+    x0, noise = x0.float(), noise.float()
+    v_true = predict_v(sched, x0, t, noise)
+    oracle = lambda xt, tt: v_true  # noqa: E731  (the exact v of this batch)
+    assert training_loss(oracle, sched, x0, t, noise, "v").item() < 1e-10
+    zero = lambda xt, tt: torch.zeros_like(xt)  # noqa: E731
+    assert training_loss(zero, sched, x0, t, noise, "v").item() == pytest.approx(v_true.pow(2).mean().item())
+    # the ε loss of the same zero network is E[ε²]: the two targets differ
+    assert training_loss(zero, sched, x0, t, noise).item() == pytest.approx(noise.pow(2).mean().item())
+
+
+def test_a_v_network_samples_like_the_eps_network_it_stands_for():
+    """The exact ε* of Gaussian data, written as a v-network, sampled through eps_fn: every
+    sampler must see the same ε and give the same images."""
+    sched = NoiseSchedule.from_betas(linear_betas(200))
+    data = GaussianData.standard(sched)
+
+    class VNet(torch.nn.Module):
+        def forward(self, x, t):
+            return v_from_eps(sched, x, t, data.eps(x, t))
+
+    as_eps = eps_fn(VNet(), CPU, "fp32", prediction="v", sched=sched)
+    start = x_T(3, (3, 4, 4)).float()
+    for name in ("ddim", "ddpm", "dpmsolver++"):
+        cfg = SampleConfig(sampler=name, steps=10, x0="none")
+        want = sample(data.eps, make_sampler(sched, cfg), (3, 3, 4, 4), x_T=start, generator=torch.Generator().manual_seed(0))
+        got = sample(as_eps, make_sampler(sched, cfg), (3, 3, 4, 4), x_T=start, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="schedule"):
+        eps_fn(VNet(), CPU, prediction="v")
+
+
+def test_a_v_trained_model_trains_and_samples_through_the_cli(tmp_path):
+    s = tiny(tmp_path / "run", diffusion={"prediction": "v"}, train={"max_steps": 3, "sample_every": 3, "num_samples": 2})
+    result = train(s, log=lambda m: None, progress=False)
+    assert np.isfinite(result.last_loss)
+    model, settings, _ = load_model(tmp_path / "run", CPU)
+    assert settings.diffusion.prediction == "v"
+    # the run's preview grid was drawn from the v-network as an ε-network
+    preview = PreviewGrids.make(NoiseSchedule.from_config(settings.diffusion), settings.sample, n=2, seed=s.train.seed,
+                                out_dir=tmp_path / "preview", shape=(3, 16, 16), device=CPU, precision="fp32",
+                                prediction="v")
+    assert preview(model, 3).read_bytes() == (tmp_path / "run" / "samples" / "step_00000003.png").read_bytes()
+    r = CliRunner().invoke(app, ["sample", str(tmp_path / "run"), "--n", "2", "--sampler", "ddim", "--steps", "5",
+                                 "--out", str(tmp_path / "out")], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    got = [np.asarray(Image.open(tmp_path / "out" / "images" / f"sample_0000{i}.png")) for i in range(2)]
+    sched = NoiseSchedule.from_config(settings.diffusion)
+    cfg = settings.sample.model_copy(update={"sampler": "ddim", "steps": 5})
+
+    def images(prediction: str) -> np.ndarray:
+        e = eps_fn(model, CPU, prediction=prediction, sched=sched)
+        x = torch.cat(list(generate(e, make_sampler(sched, cfg), 2, (3, 16, 16), seed=0, batch_size=2, device=CPU)))
+        return to_uint8(x).permute(0, 2, 3, 1).numpy()
+
+    want, as_eps = images("v"), images("eps")
+    assert all(np.array_equal(g, w) for g, w in zip(got, want))  # the CLI converts v to ε
+    assert not np.array_equal(want, as_eps)
