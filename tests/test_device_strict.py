@@ -188,8 +188,9 @@ def test_schedule_construction_and_to(target, kind):
             assert value.dtype == torch.float64, name
 
 
+@pytest.mark.parametrize("loss_weight", ["uniform", "min_snr"])
 @pytest.mark.parametrize("prediction", ["eps", "v"])
-def test_q_sample_and_training_loss(target, prediction):
+def test_q_sample_and_training_loss(target, prediction, loss_weight):
     sched = device_schedule(target)
     model = tiny_model().to(target.device)
     x0 = torch.rand(4, 3, 16, 16, device=target.device) * 2 - 1
@@ -197,7 +198,7 @@ def test_q_sample_and_training_loss(target, prediction):
         t = sample_timesteps(4, sched.T, target.device, target.generator())
         noise = torch.randn(x0.shape, device=target.device, generator=target.generator(1))
         xt = q_sample(sched, x0, t, noise)
-        loss = training_loss(model, sched, x0, t, noise, prediction)
+        loss = training_loss(model, sched, x0, t, noise, prediction, loss_weight)
         loss.backward()
     check(xt, target, (4, 3, 16, 16))
     check(loss, target, ())

@@ -12,7 +12,9 @@ from analytic_gaussian import GaussianData, x_T
 from conftest import tiny
 from ddpmkit.checkpoint import load_model
 from ddpmkit.cli.app import app
-from ddpmkit.diffusion import eps_from_output, eps_from_v, predict_v, q_sample, training_loss, v_from_eps
+from ddpmkit.diffusion import (
+    eps_from_output, eps_from_v, loss_weights, predict_v, q_sample, training_loss, v_from_eps,
+)
 from ddpmkit.generate import eps_fn, generate
 from ddpmkit.images import to_uint8
 from ddpmkit.samplers import make_sampler, sample
@@ -116,3 +118,47 @@ def test_a_v_trained_model_trains_and_samples_through_the_cli(tmp_path):
     want, as_eps = images("v"), images("eps")
     assert all(np.array_equal(g, w) for g, w in zip(got, want))  # the CLI converts v to ε
     assert not np.array_equal(want, as_eps)
+
+
+# ----------------------------------------------------------------------------- min-SNR-γ
+
+
+@pytest.mark.parametrize("sched", _scheds(), ids=["linear", "cosine"])
+def test_min_snr_weights_follow_the_formula(sched):
+    t = torch.tensor([0, 10, 100, 300, 600, 999])
+    gamma = 5.0
+    for i, ti in enumerate(t.tolist()):
+        a = float(sched.alphas_cumprod[ti])
+        r = a / (1 - a)
+        want_eps, want_v = min(r, gamma) / r, min(r, gamma) / (r + 1)
+        assert float(loss_weights(sched, t, "min_snr", "eps", gamma)[i]) == pytest.approx(want_eps, rel=1e-12)
+        assert float(loss_weights(sched, t, "min_snr", "v", gamma)[i]) == pytest.approx(want_v, rel=1e-12)
+    assert torch.equal(loss_weights(sched, t, "uniform", "eps"), torch.ones(6, dtype=torch.float64))
+    # noisy steps (SNR < γ) keep ε's full weight; clean ones are scaled down by γ/SNR
+    w = loss_weights(sched, t, "min_snr", "eps", gamma)
+    assert w[-1] == 1.0 and w[0] < 1e-2
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_min_snr_loss_weights_each_sample_mean(prediction):
+    sched = _scheds()[0]
+    x0, noise, t = _batch()
+    x0, noise = x0.float(), noise.float()
+    net = lambda xt, tt: 0.5 * xt  # noqa: E731
+    target = noise if prediction == "eps" else predict_v(sched, x0, t, noise)
+    per_sample = (net(q_sample(sched, x0, t, noise), t) - target).square().mean(dim=(1, 2, 3))
+    w = loss_weights(sched, t, "min_snr", prediction, 2.0).float()
+    got = training_loss(net, sched, x0, t, noise, prediction, "min_snr", 2.0)
+    assert got.dtype == torch.float32 and got.item() == pytest.approx((w * per_sample).mean().item(), rel=1e-6)
+    uniform = training_loss(net, sched, x0, t, noise, prediction)
+    assert uniform.item() == pytest.approx(per_sample.mean().item(), rel=1e-6)
+    assert abs(got.item() - uniform.item()) > 1e-3
+
+
+def test_the_trainer_uses_the_loss_weighting(tmp_path):
+    def first_loss(name: str, **train_kw) -> float:
+        s = tiny(tmp_path / name, train={"max_steps": 1, **train_kw})
+        return train(s, log=lambda m: None, progress=False).history[0]["loss"]
+
+    uniform, weighted = first_loss("u"), first_loss("w", loss_weight="min_snr", min_snr_gamma=1.0)
+    assert weighted < uniform  # the same first batch, its clean samples weighted down

@@ -202,6 +202,31 @@ def sample_timesteps(batch: int, T: int, device: torch.device, generator: torch.
     return torch.randint(0, T, (batch,), device=device, generator=generator)
 
 
+def snr(sched: NoiseSchedule, t: Tensor) -> Tensor:
+    """SNR_t = ᾱ_t/(1-ᾱ_t) at training indices t: (B,) in the schedule's dtype, on t's device."""
+    a = sched.alphas_cumprod.to(t.device)[t]
+    return a / (1 - a)
+
+
+def loss_weights(
+    sched: NoiseSchedule, t: Tensor, loss_weight: LossWeight, prediction: Prediction, gamma: float = 5.0
+) -> Tensor:
+    """Per-sample weights of the loss: (B,) in the schedule's dtype, on t's device.
+
+    uniform: 1 (L_simple). min_snr (Hang et al. 2023, min-SNR-γ): the x_0-loss weight
+    min(SNR_t, γ) written for the network's target, min(SNR_t, γ)/SNR_t for ε (= min(1, γ/SNR_t),
+    finite where SNR_t is 0) and min(SNR_t, γ)/(SNR_t + 1) for v.
+    """
+    r = snr(sched, t)
+    if loss_weight == "uniform":
+        return torch.ones_like(r)
+    if loss_weight != "min_snr":
+        raise ValueError(f"unknown loss weighting {loss_weight!r}; choose uniform or min_snr")
+    if prediction == "eps":
+        return (gamma / r).clamp(max=1.0)
+    return r.clamp(max=gamma) / (r + 1)
+
+
 def training_loss(
     eps_model: EpsModel,
     sched: NoiseSchedule,
@@ -209,15 +234,25 @@ def training_loss(
     t: Tensor,
     noise: Tensor,
     prediction: Prediction = "eps",
+    loss_weight: LossWeight = "uniform",
+    min_snr_gamma: float = 5.0,
 ) -> Tensor:
     """L_simple = E ||ε - ε_θ(√ᾱ_t x_0 + √(1-ᾱ_t) ε, t)||² (eq. 14), averaged over all elements.
 
     prediction "v": the network (`eps_model` is then a v-model) is regressed onto `predict_v`.
+    loss_weight "min_snr": each sample's mean squared error is weighted by `loss_weights`
+    before the mean over the batch. Returns a 0-d float32 tensor.
     """
     xt = q_sample(sched, x0, t, noise)
-    out = eps_model(xt, t)
+    out = eps_model(xt, t).float()
     if prediction == "eps":
-        return F.mse_loss(out.float(), noise.float())
-    if prediction == "v":
-        return F.mse_loss(out.float(), predict_v(sched, x0, t, noise).float())
-    raise ValueError(f"unknown prediction {prediction!r}; choose one of: {', '.join(PREDICTIONS)}")
+        target = noise
+    elif prediction == "v":
+        target = predict_v(sched, x0, t, noise)
+    else:
+        raise ValueError(f"unknown prediction {prediction!r}; choose one of: {', '.join(PREDICTIONS)}")
+    if loss_weight == "uniform":
+        return F.mse_loss(out, target.float())
+    w = loss_weights(sched, t, loss_weight, prediction, min_snr_gamma).to(out.device, torch.float32)
+    per_sample = (out - target.float()).square().reshape(out.shape[0], -1).mean(dim=1)
+    return (w * per_sample).mean()

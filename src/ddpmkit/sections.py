@@ -126,6 +126,11 @@ class TrainConfig(_Section):
         "constant", description="after warm-up: constant (DDPM) or cosine to 0 at the last step"
     )
     grad_clip: float = Field(1.0, ge=0.0, description="max gradient norm; 0 = off")
+    loss_weight: Literal["uniform", "min_snr"] = Field(
+        "uniform", description="per-sample loss weights: uniform (DDPM's L_simple) or min_snr "
+        "(Hang et al. 2023: min(SNR, gamma)/SNR for eps, min(SNR, gamma)/(SNR+1) for v)"
+    )
+    min_snr_gamma: float = Field(5.0, gt=0.0, description="gamma of loss_weight min_snr")
     ema_decay: float = Field(0.9999, ge=0.0, lt=1.0)
     ema_warmup: bool = Field(True, description="use min(decay, (1+n)/(10+n)) so early EMA is not stuck at init")
     seed: int = Field(0, ge=0, le=MAX_SEED)
