@@ -267,9 +267,11 @@ def test_unet_forward_and_backward(target):
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
 
 
-def test_ema_update(target):
+@pytest.mark.parametrize("kind", ["exponential", "power"])
+def test_ema_update(target, kind):
     model = tiny_model().to(target.device)
-    ema = EMA(model, decay=0.9, warmup=False)
+    ema = EMA(model, decay=0.9, warmup=False, kind=kind, std=0.1)
+    ema.num_updates = 5  # a power EMA's first update copies the weights; the sixth averages
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)

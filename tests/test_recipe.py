@@ -21,6 +21,7 @@ from ddpmkit.samplers import make_sampler, sample
 from ddpmkit.schedule import NoiseSchedule, cosine_betas, linear_betas
 from ddpmkit.settings import SampleConfig
 from ddpmkit.train import train
+from ddpmkit.train.ema import EMA, power_gamma
 from ddpmkit.train.periodic import PreviewGrids
 
 CPU = torch.device("cpu")
@@ -162,3 +163,65 @@ def test_the_trainer_uses_the_loss_weighting(tmp_path):
 
     uniform, weighted = first_loss("u"), first_loss("w", loss_weight="min_snr", min_snr_gamma=1.0)
     assert weighted < uniform  # the same first batch, its clean samples weighted down
+
+
+# ----------------------------------------------------------------------------- power-function EMA
+
+
+@pytest.mark.parametrize("std", [0.05, 0.10, 0.20])
+def test_power_gamma_gives_the_asked_width(std):
+    g = power_gamma(std)
+    assert ((g + 1) / ((g + 2) ** 2 * (g + 3))) ** 0.5 == pytest.approx(std, rel=1e-9)
+    assert power_gamma(0.10) == pytest.approx(6.94, abs=0.01) and power_gamma(0.05) == pytest.approx(16.97, abs=0.01)
+    with pytest.raises(ValueError, match="ema_std"):
+        power_gamma(0.3)
+
+
+class _OneHot(torch.nn.Module):
+    """θ as a vector: step τ sets θ = e_τ, so the EMA holds each step's averaging weight."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.theta = torch.nn.Parameter(torch.full((n,), 7.0, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("std", [0.05, 0.15])
+def test_power_ema_weights_match_the_formula(std):
+    n = 40
+    model = _OneHot(n)
+    ema = EMA(model, kind="power", std=std)
+    g = ema.gamma
+    for tau in range(1, n + 1):
+        with torch.no_grad():
+            model.theta.zero_()
+            model.theta[tau - 1] = 1.0
+        ema.update(model)
+        if tau in (1, 2, 10, n):
+            t = torch.arange(1, tau + 1, dtype=torch.float64)
+            want = (t ** (g + 1) - (t - 1) ** (g + 1)) / float(tau) ** (g + 1)
+            got = ema.model.theta.detach()
+            torch.testing.assert_close(got[:tau], want, rtol=1e-10, atol=1e-12)
+            assert torch.all(got[tau:] == 0)  # the initial 7s are forgotten at the first update
+            assert float(got.sum()) == pytest.approx(1.0, abs=1e-12)
+    # the exponential EMA (no warm-up) is untouched: weight (1-d) d^(t-τ)
+    exp = EMA(_OneHot(3), decay=0.5, warmup=False)
+    assert exp.current_decay() == 0.5 and exp.gamma is None
+
+
+def test_power_ema_resumes_as_the_uninterrupted_run(tmp_path):
+    def run(name: str, stop: int | None = None) -> dict:
+        s = tiny(tmp_path / name, train={"max_steps": 6, "ema": "power", "ema_std": 0.2})
+        on_step = [lambda tr: tr.request_stop() if tr.step == stop else None] if stop else []
+        train(s, log=lambda m: None, progress=False, on_step=on_step)
+        if stop:
+            train(s, log=lambda m: None, progress=False, resume=True)
+        from safetensors.torch import load_file
+
+        return load_file(tmp_path / name / "checkpoints" / "step_00000006" / "ema.safetensors")
+
+    full, resumed = run("full"), run("part", stop=3)
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    state = torch.load(tmp_path / "part" / "checkpoints" / "step_00000006" / "state.pt", weights_only=True)
+    assert state["ema_updates"] == 6
+    model, settings, _ = load_model(tmp_path / "part", CPU)
+    assert (settings.train.ema, settings.train.ema_std) == ("power", 0.2)

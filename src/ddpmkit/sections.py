@@ -133,6 +133,14 @@ class TrainConfig(_Section):
     min_snr_gamma: float = Field(5.0, gt=0.0, description="gamma of loss_weight min_snr")
     ema_decay: float = Field(0.9999, ge=0.0, lt=1.0)
     ema_warmup: bool = Field(True, description="use min(decay, (1+n)/(10+n)) so early EMA is not stuck at init")
+    ema: Literal["exponential", "power"] = Field(
+        "exponential", description="weight average: exponential (ema_decay, ema_warmup) or power, the "
+        "power-function EMA of Karras et al. 2024 (EDM2), (1-1/t)^(gamma+1) at step t, its width ema_std"
+    )
+    ema_std: float = Field(
+        0.10, gt=0.0, lt=0.2886, description="relative width sigma_rel of the power EMA (EDM2: 0.05-0.15); "
+        "0.10 is gamma 6.94"
+    )
     seed: int = Field(0, ge=0, le=MAX_SEED)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool = False
