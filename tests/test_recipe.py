@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from analytic_gaussian import GaussianData, x_T
 from conftest import tiny
-from ddpmkit.checkpoint import load_model
+from ddpmkit.checkpoint import load_model, settings_of
 from ddpmkit.cli.app import app
 from ddpmkit.diffusion import (
     eps_from_output, eps_from_v, loss_weights, predict_v, q_sample, training_loss, v_from_eps,
@@ -19,7 +19,7 @@ from ddpmkit.generate import eps_fn, generate
 from ddpmkit.images import to_uint8
 from ddpmkit.samplers import make_sampler, sample
 from ddpmkit.schedule import NoiseSchedule, cosine_betas, linear_betas
-from ddpmkit.settings import SampleConfig
+from ddpmkit.settings import SampleConfig, build_settings
 from ddpmkit.train import train
 from ddpmkit.train.ema import EMA, power_gamma
 from ddpmkit.train.periodic import PreviewGrids
@@ -163,6 +163,19 @@ def test_the_trainer_uses_the_loss_weighting(tmp_path):
 
     uniform, weighted = first_loss("u"), first_loss("w", loss_weight="min_snr", min_snr_gamma=1.0)
     assert weighted < uniform  # the same first batch, its clean samples weighted down
+    # the checkpoint keeps the new keys (state.pt and the weights' metadata) and inspect lists them
+    ckpt = tmp_path / "w" / "checkpoints" / "step_00000001"
+    for saved in (load_model(tmp_path / "w", CPU)[1], settings_of(ckpt / "ema.safetensors")):
+        assert (saved.train.loss_weight, saved.train.min_snr_gamma) == ("min_snr", 1.0)
+    out = CliRunner().invoke(app, ["inspect", str(ckpt)], catch_exceptions=False, env={"COLUMNS": "200"}).output
+    assert "train.loss_weight" in out and "min_snr" in out and "diffusion.prediction" in out
+
+
+def test_the_paper_presets_keep_the_ddpm_recipe():
+    """celeba64 reproduces the DDIM paper: ε-prediction, L_simple, an exponential EMA."""
+    s = build_settings(preset="celeba64")
+    assert (s.diffusion.prediction, s.train.loss_weight, s.train.ema) == ("eps", "uniform", "exponential")
+    assert (s.diffusion.schedule, s.train.ema_decay) == ("linear", 0.9999)
 
 
 # ----------------------------------------------------------------------------- power-function EMA
@@ -225,3 +238,14 @@ def test_power_ema_resumes_as_the_uninterrupted_run(tmp_path):
     assert state["ema_updates"] == 6
     model, settings, _ = load_model(tmp_path / "part", CPU)
     assert (settings.train.ema, settings.train.ema_std) == ("power", 0.2)
+
+
+def test_a_run_cannot_resume_as_another_prediction():
+    from ddpmkit.train.state import architecture_change
+
+    eps_run = build_settings(preset="demo")
+    v_run = build_settings(preset="demo", overrides={"diffusion": {"prediction": "v"}})
+    assert architecture_change(eps_run, v_run) == "diffusion.prediction (eps in the run, v asked)"
+    # the loss weighting and the EMA are training choices: they may change on resume
+    other = build_settings(preset="demo", overrides={"train": {"loss_weight": "min_snr", "ema": "power"}})
+    assert architecture_change(eps_run, other) is None
