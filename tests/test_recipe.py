@@ -86,15 +86,17 @@ def test_a_v_network_samples_like_the_eps_network_it_stands_for():
     start = x_T(3, (3, 4, 4)).float()
     for name in ("ddim", "ddpm", "dpmsolver++"):
         cfg = SampleConfig(sampler=name, steps=10, x0="none")
-        want = sample(data.eps, make_sampler(sched, cfg), (3, 3, 4, 4), x_T=start, generator=torch.Generator().manual_seed(0))
-        got = sample(as_eps, make_sampler(sched, cfg), (3, 3, 4, 4), x_T=start, generator=torch.Generator().manual_seed(0))
+        run = lambda eps: sample(eps, make_sampler(sched, cfg), (3, 3, 4, 4), x_T=start,  # noqa: E731
+                                 generator=torch.Generator().manual_seed(0))
+        want, got = run(data.eps), run(as_eps)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="schedule"):
         eps_fn(VNet(), CPU, prediction="v")
 
 
 def test_a_v_trained_model_trains_and_samples_through_the_cli(tmp_path):
-    s = tiny(tmp_path / "run", diffusion={"prediction": "v"}, train={"max_steps": 3, "sample_every": 3, "num_samples": 2})
+    s = tiny(tmp_path / "run", diffusion={"prediction": "v"},
+             train={"max_steps": 3, "sample_every": 3, "num_samples": 2})
     result = train(s, log=lambda m: None, progress=False)
     assert np.isfinite(result.last_loss)
     model, settings, _ = load_model(tmp_path / "run", CPU)
