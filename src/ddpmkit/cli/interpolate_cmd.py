@@ -36,19 +36,23 @@ _NUMBER = re.compile(r"-?\d+$")
 def spread_pairs(args: Sequence[str], names: Sequence[str] = PAIRED) -> list[str]:
     """`--seeds 3 17` as click reads a repeatable option: `--seeds 3 --seeds 17`.
 
-    After one of `names`, every following value that is not an option is taken (all of them, so
-    that three values are an error naming --seeds, not a stray argument); RUN goes before them.
+    After one of `names`, every following value is taken (all of them, so that three values are an
+    error naming the option, not a stray argument): after --seeds every whole number (a path
+    after them is RUN), after --images everything up to the next option (RUN goes before them).
     """
     out: list[str] = []
     k = 0
     while k < len(args):
         arg = args[k]
-        out.append(arg)
         k += 1
+        values = []
+        if "=" in arg and arg.split("=", 1)[0] in names:  # --seeds=3 17
+            arg, first = arg.split("=", 1)
+            values.append(first)
+        out.append(arg)
         if arg not in names:
             continue
-        values = []
-        while k < len(args) and (not args[k].startswith("-") or (arg == "--seeds" and _NUMBER.match(args[k]))):
+        while k < len(args) and (_NUMBER.match(args[k]) if arg == "--seeds" else not args[k].startswith("-")):
             values.append(args[k])
             k += 1
         if values:
@@ -135,7 +139,8 @@ def check_options(seeds: Optional[list[int]], images: Optional[list[Path]], fram
     name, pair = ("--seeds", seeds or []) if seeds is not None else ("--images", images or [])
     if len(pair) != 2:
         what = "seeds" if seeds is not None else "images"
-        raise DdpmkitError(f"{name} needs exactly two {what}, got {len(pair)}: {' '.join(map(str, pair))}")
+        hint = " (RUN goes before them)" if len(pair) > 2 else ""
+        raise DdpmkitError(f"{name} needs exactly two {what}, got {len(pair)}: {' '.join(map(str, pair))}{hint}")
     for s in seeds or []:
         if not 0 <= s <= MAX_SEED:
             raise DdpmkitError(f"--seeds {s} is out of range: 0 to {MAX_SEED:,}")
@@ -198,10 +203,10 @@ def run_walk(model: Any, settings: "Settings", cfg: Any, ends: list[Any], from_i
     n = len(smp.timesteps)
     batches = -(-frames // cfg.batch_size)
     total = n * batches + (n * (1 + refine) if from_images else 0)
-    bar = Progress("interpolate", total, mode="auto" if progress else "off", console=console)
-    eps = counted(eps_fn(model, dev), lambda calls: (bar.update(calls), bar.line()))
     result: dict[str, Tensor] = {}
-    try:
+    # as a context manager, piped, the bar ends with a line of the final count
+    with Progress("interpolate", total, mode="auto" if progress else "off", console=console) as bar:
+        eps = counted(eps_fn(model, dev), lambda calls: (bar.update(calls), bar.line()))
         if from_images:
             bar.update(0, "inverting the images")
             x0 = torch.cat(ends).to(dev)
@@ -212,10 +217,9 @@ def run_walk(model: Any, settings: "Settings", cfg: Any, ends: list[Any], from_i
             shape = (settings.model.in_channels, size, size)
             z0, z1 = seed_noise(ends[0], shape, dev), seed_noise(ends[1], shape, dev)
         bar.update(bar.done, f"decoding 0/{frames} frames")
-        result["frames"] = decode(eps, smp, slerp_path(z0, z1, frames), cfg.batch_size,
-                                  on_batch=lambda done: bar.update(bar.done, f"decoding {done}/{frames} frames")).cpu()
-    finally:
-        bar.close()
+        walk = decode(eps, smp, slerp_path(z0, z1, frames), cfg.batch_size,
+                      on_batch=lambda done: bar.update(bar.done, f"decoding {done}/{frames} frames"))
+        result["frames"] = walk.cpu()
     return result
 
 

@@ -1,8 +1,8 @@
 """DDIM inversion: run the deterministic DDIM ODE (η = 0) upwards, from an image x_0 to its x_T.
 
 DDIM with η = 0 is a solver of the probability-flow ODE, so it can be run in either direction
-(Song et al. 2021, §4.3 and §5.4; Dhariwal & Nichol 2021, App. F). Going up from level
-ᾱ_s to the next visited level ᾱ_t > ... (noisier), with ε̂ the network's prediction:
+(Song et al. 2021, §4.3 and §5.4; Dhariwal & Nichol 2021, App. F). Going up from level ᾱ_s
+to the next visited, noisier level ᾱ_t < ᾱ_s, with ε̂ the network's prediction:
 
     x̂_0 = (x_s - √(1-ᾱ_s) ε̂) / √ᾱ_s,     x_t = √ᾱ_t x̂_0 + √(1-ᾱ_t) ε̂
 
@@ -13,7 +13,10 @@ end, ε_θ(x_t, t); going up, x_t is what is being computed, so ε̂ is taken at
 the target index t, ε_θ(x_s, t) (diffusers' DDIMInverseScheduler, null-text inversion): the one
 choice that also covers the first step, from x_0, where the network has no index of its own.
 The two ends' ε̂ differ by O(step), so encode-then-decode reconstructs up to an error that
-shrinks with the number of steps (measured in benchmarks/inversion_check.py).
+halves as the steps double. `refine` re-takes ε̂ at the x_t found so far, ε_θ(x_t, t), a few
+times: the fixed point is the x_t whose decoder step lands exactly on x_s, so the error falls
+much faster per network call than with more steps (tests/test_interpolate.py on the analytic
+Gaussian; benchmarks/inversion_check.py on a trained model).
 
 x̂_0 is not clipped (mode "none"): the inversion must be the decoder's ODE run backwards, and a
 clamp is many-to-one, so no x_T decodes back through it to an image it altered; mid-way up, x̂_0 of
