@@ -19,6 +19,7 @@ from ddpmkit import __version__
 from ddpmkit.cli.fid_cmd import fid
 from ddpmkit.cli.inpaint_cmd import inpaint
 from ddpmkit.cli.inspect_cmd import inspect
+from ddpmkit.cli.interpolate_cmd import interpolate, paired_command
 from ddpmkit.cli.noise_demo_cmd import noise_demo
 from ddpmkit.cli.prepare_cmd import prepare
 from ddpmkit.cli.report_cmd import report
@@ -109,6 +110,7 @@ app.command("noise-demo", cls=Command)(noise_demo)
 app.command(cls=Command)(inspect)
 app.command(cls=Command)(fid)
 app.command(cls=Command)(report)
+app.command(cls=paired_command(Command))(interpolate)
 
 
 def main() -> None:
