@@ -266,7 +266,7 @@ def test_repaint(target):
         sampler = DDPMSampler(sched)
         sampler.set_timesteps(6)
         out = RePaint(sampler, jump=2, resample=2).inpaint(
-            eps_fn(model, target.device, target.precision), x0, fill[None, None].to(target.device),
+            eps_fn(model, target.device, target.precision, prediction="eps", sched=sched), x0, fill[None, None].to(target.device),
             generator=PerImageNoise(0, 0, 3, target.device))
     check(out, target, (3, 3, 16, 16))
     if target.real:

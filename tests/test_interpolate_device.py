@@ -31,7 +31,7 @@ def test_seed_noise_and_slerp(target):
 def test_invert_and_decode_with_the_network(target):
     sched = device_schedule(target)
     model = tiny_model().to(target.device).eval()
-    eps = eps_fn(model, target.device, target.precision)
+    eps = eps_fn(model, target.device, target.precision, prediction="eps", sched=sched)
     x0 = torch.rand(2, 3, 16, 16, device=target.device) * 2 - 1
     with target.strict():
         sampler = invertible_ddim(sched, 3)

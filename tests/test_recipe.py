@@ -90,8 +90,8 @@ def test_a_v_network_samples_like_the_eps_network_it_stands_for():
                                  generator=torch.Generator().manual_seed(0))
         want, got = run(data.eps), run(as_eps)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="schedule"):
-        eps_fn(VNet(), CPU, prediction="v")
+    with pytest.raises(TypeError, match="sched"):
+        eps_fn(VNet(), CPU, prediction="v")  # type: ignore[call-arg]
 
 
 def test_a_v_trained_model_trains_and_samples_through_the_cli(tmp_path):

@@ -111,8 +111,9 @@ def test_seeded_sampling_is_reproducible(tmp_path):
     _quiet(s)
     model, settings, step = load_model(tmp_path / "run", torch.device("cpu"))
     assert step == 3 and settings.model == s.model
-    sampler = make_sampler(NoiseSchedule.from_config(settings.diffusion), settings.sample)
-    eps, cpu = eps_fn(model, torch.device("cpu")), torch.device("cpu")
+    sched = NoiseSchedule.from_config(settings.diffusion)
+    sampler = make_sampler(sched, settings.sample)
+    eps, cpu = eps_fn(model, torch.device("cpu"), prediction="eps", sched=sched), torch.device("cpu")
     draw = lambda seed: torch.cat(list(generate(eps, sampler, 6, (3, 16, 16), seed=seed, batch_size=4, device=cpu)))  # noqa: E731
     a, b, c = draw(0), draw(0), draw(1)
     assert a.shape == (6, 3, 16, 16)

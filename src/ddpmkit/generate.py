@@ -18,21 +18,19 @@ def eps_fn(
     device: torch.device,
     precision: str = "auto",
     *,
-    prediction: Prediction = "eps",
-    sched: Optional[NoiseSchedule] = None,
+    prediction: Prediction,
+    sched: NoiseSchedule,
 ) -> EpsModel:
     """Wrap the network as eps(x_t, t) in float32, with bf16 autocast on CUDA.
 
-    prediction (the run's `diffusion.prediction`): a v-network's output is turned into ε with the
-    training schedule `sched` (needed then), so every sampler sees an ε-model.
+    prediction (the run's `diffusion.prediction`, required so no caller can forget a v-network):
+    the output is turned into ε with the training schedule `sched`, so every sampler sees an ε-model.
     """
-    if prediction != "eps" and sched is None:
-        raise ValueError(f"eps_fn: a {prediction}-prediction network needs the schedule (sched=)")
 
     def eps(x: Tensor, t: Tensor) -> Tensor:
         with autocast(device, precision):
             out = model(x, t).float()
-        return out if sched is None else eps_from_output(sched, x.float(), t, out, prediction)
+        return eps_from_output(sched, x.float(), t, out, prediction)
 
     return eps
 

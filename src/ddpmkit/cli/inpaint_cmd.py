@@ -113,7 +113,8 @@ def inpaint(
     t0 = time.perf_counter()
     fills = draw_fills(model, repaint, sched.alphas_cumprod, pixels, fill, n=n, seed=seed,
                        batch_size=batch_size or settings.sample.batch_size, dev=dev, out_dir=out_dir,
-                       gif_frames=settings.sample.gif_frames if gif else 0, progress=progress)
+                       gif_frames=settings.sample.gif_frames if gif else 0, progress=progress,
+                       prediction=settings.diffusion.prediction)
     write_pictures(out_dir, pixels, fill, fills)
     files = "grid.png, fills/, input.png, mask.png" + (", denoise.gif" if gif else "")
     console.print(f"wrote {n} fill(s) in {time.perf_counter() - t0:.1f}s to {out_dir} ({files})",
@@ -194,7 +195,8 @@ def demo_face(index: int, size: int, synthetic_seed: int) -> "Tensor":
 
 
 def draw_fills(model: Any, repaint: Any, alphas_cumprod: "Tensor", pixels: "Tensor", fill: "Tensor", *, n: int,
-               seed: int, batch_size: int, dev: Any, out_dir: Path, gif_frames: int, progress: bool) -> "Tensor":
+               seed: int, batch_size: int, dev: Any, out_dir: Path, gif_frames: int, progress: bool,
+               prediction: str) -> "Tensor":
     """n fills, batch by batch, each written to fills/ as it comes: (n, 3, S, S) uint8, the known
     pixels pasted from `pixels` after quantisation (exactly the input's)."""
     import torch
@@ -212,7 +214,7 @@ def draw_fills(model: Any, repaint: Any, alphas_cumprod: "Tensor", pixels: "Tens
                    info=f"fills 0/{n}")
     recorder = DenoiseRecorder(repaint.sampler.timesteps.tolist(), alphas_cumprod, gif_frames) if gif_frames else None
     done, outs = 0, []
-    eps = counted(eps_fn(model, dev), lambda calls: bar.update(calls, f"fills {done}/{n}"))
+    eps = counted(eps_fn(model, dev, prediction=prediction, sched=repaint.sampler.sched), lambda calls: bar.update(calls, f"fills {done}/{n}"))
     (out_dir / "fills").mkdir(exist_ok=True)
     while done < n:
         b = min(batch_size, n - done)

@@ -206,7 +206,7 @@ def run_walk(model: Any, settings: "Settings", cfg: Any, ends: list[Any], from_i
     result: dict[str, Tensor] = {}
     # as a context manager, piped, the bar ends with a line of the final count
     with Progress("interpolate", total, mode="auto" if progress else "off", console=console) as bar:
-        eps = counted(eps_fn(model, dev), lambda calls: (bar.update(calls), bar.line()))
+        eps = counted(eps_fn(model, dev, prediction=settings.diffusion.prediction, sched=sched), lambda calls: (bar.update(calls), bar.line()))
         if from_images:
             bar.update(0, "inverting the images")
             x0 = torch.cat(ends).to(dev)
