@@ -186,7 +186,10 @@ def evaluate(a: argparse.Namespace, ckpt: Path, sampler: str, steps: int, x0: st
         if done.returncode != 0:
             sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
             raise SystemExit(f"evaluation failed (exit {done.returncode}): {shlex.join(cmd)}")
-        return json.loads(out.read_text()), round(time.time() - t0, 1), shlex.join(cmd)
+        result = json.loads(out.read_text())
+    if result.get("x0") != x0 or result.get("sampler") != sampler:
+        raise SystemExit(f"ddpmkit fid sampled with {result.get('sampler')} x0={result.get('x0')}, not {sampler} x0={x0}")
+    return result, round(time.time() - t0, 1), shlex.join(cmd)
 
 
 def _run_facts(a: argparse.Namespace, load: str) -> dict[str, Any]:

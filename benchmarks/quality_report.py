@@ -13,7 +13,7 @@ from typing import Any, Optional
 TITLE = "# Sample quality on the CPU: FID and colours against wall-clock"
 
 HEAD = (
-    "| run | settings | step | images seen | train min | img/s | sampler | x̂_0 | n | FID "
+    "| run | preset, settings | step | images seen | train min | img/s | sampler | x̂_0 | n | FID "
     "| saturated % (data) | mean R/G/B (data) | std R/G/B (data) | date |"
 )
 ALIGN = "|---|---|--:|--:|--:|--:|---|---|--:|--:|--:|---|---|---|"
@@ -62,7 +62,7 @@ def row(r: dict[str, Any]) -> str:
     s, d = _side(colour, "samples"), _side(colour, "reference")
     sat = _with_data(_num(100 * s["saturated_all"], ".1f") if "saturated_all" in s else "—",
                      _num(100 * d["saturated_all"], ".1f") if "saturated_all" in d else "—")
-    sets = ", ".join(f"`{x}`" for x in r.get("sets") or []) or "preset " + str(r.get("preset", "?"))
+    sets = " ".join([str(r.get("preset", "?"))] + [f"`{x}`" for x in r.get("sets") or []])
     minutes = r["train_wall_s"] / 60 if isinstance(r.get("train_wall_s"), (int, float)) else None
     stopped = " (time)" if r.get("stopped_by_time") else ""
     cells = [

@@ -44,11 +44,11 @@ def test_report_makes_one_row_per_evaluation(tmp_path):
     rows = [line for line in text.splitlines() if line.startswith("| base") or line.startswith("| cosine")]
     assert len(rows) == 3
     first = rows[0]
-    for cell in ("`train.lr=2e-3`", "1,500", "96,000", "5.2", "321.5", "ddim 50", "clip_eps", "87.65",
+    for cell in ("| celeba32 `train.lr=2e-3` |", "1,500", "96,000", "5.2", "321.5", "ddim 50", "clip_eps", "87.65",
                  "10.9 (3.2)", "150/120/102 (130/105/93)", "79/78/80 (68/66/70)", "2026-11-29"):
         assert cell in first, cell
     assert "| none |" in rows[1] and "150.00" in rows[1] and "—" in rows[1]  # no colour recorded
-    assert "preset celeba32" in rows[2] and "700 (time)" in rows[2]
+    assert "| celeba32 |" in rows[2] and "700 (time)" in rows[2]
     assert "1 unreadable line" in text
     # the commands: each run once, with its machine, and the command that wrote the file
     assert text.count("--name base --preset celeba32") == 1 and "**cosine**" in text and "AMD EPYC" in text
