@@ -37,8 +37,10 @@ from ddpmkit.device import autocast
 from ddpmkit.diffusion import q_sample, sample_timesteps, training_loss
 from ddpmkit.fid import inception
 from ddpmkit.generate import eps_fn, generate
+from ddpmkit.masks import builtin_mask
 from ddpmkit.nn import UNet
-from ddpmkit.samplers import SAMPLERS, make_sampler, sample
+from ddpmkit.samplers import SAMPLERS, DDPMSampler, PerImageNoise, make_sampler, sample
+from ddpmkit.samplers.repaint import RePaint
 from ddpmkit.schedule import NoiseSchedule, cosine_betas, linear_betas
 from ddpmkit.settings import DiffusionConfig, ModelConfig, SampleConfig
 from ddpmkit.train.ema import EMA
@@ -188,7 +190,9 @@ def test_schedule_construction_and_to(target, kind):
             assert value.dtype == torch.float64, name
 
 
-def test_q_sample_and_training_loss(target):
+@pytest.mark.parametrize("loss_weight", ["uniform", "min_snr"])
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_q_sample_and_training_loss(target, prediction, loss_weight):
     sched = device_schedule(target)
     model = tiny_model().to(target.device)
     x0 = torch.rand(4, 3, 16, 16, device=target.device) * 2 - 1
@@ -196,7 +200,7 @@ def test_q_sample_and_training_loss(target):
         t = sample_timesteps(4, sched.T, target.device, target.generator())
         noise = torch.randn(x0.shape, device=target.device, generator=target.generator(1))
         xt = q_sample(sched, x0, t, noise)
-        loss = training_loss(model, sched, x0, t, noise)
+        loss = training_loss(model, sched, x0, t, noise, prediction, loss_weight)
         loss.backward()
     check(xt, target, (4, 3, 16, 16))
     check(loss, target, ())
@@ -233,20 +237,40 @@ def test_every_sampler_every_x0_mode(target, name, x0):
         check(out, target, (2, 3, 8, 8))
 
 
+@pytest.mark.parametrize("prediction", ["eps", "v"])
 @pytest.mark.parametrize("name", list(SAMPLERS))
-def test_generate(target, name):
-    """The network wrapped by eps_fn (autocast inside), per-image noise moved to the device."""
+def test_generate(target, name, prediction):
+    """The network wrapped by eps_fn (autocast inside; a v-network's output turned into ε with
+    the device's schedule), per-image noise moved to the device."""
     sched = device_schedule(target)
     model = tiny_model().to(target.device).eval()
     with target.strict():
         sampler = make_sampler(sched, SampleConfig(sampler=name, steps=2, eta=1.0))
-        batches = list(generate(eps_fn(model, target.device, target.precision), sampler, 5, (3, 16, 16),
-                                seed=0, batch_size=3, device=target.device))
+        eps = eps_fn(model, target.device, target.precision, prediction=prediction, sched=sched)
+        batches = list(generate(eps, sampler, 5, (3, 16, 16), seed=0, batch_size=3, device=target.device))
     assert [b.shape[0] for b in batches] == [3, 2]
     for b in batches:
         check(b, target, tuple(b.shape))
         if target.real:
             assert b.abs().max() <= 1
+
+
+def test_repaint(target):
+    """Inpainting on the DDPM chain: re-noising, the known region's q(x_t | x_0), the mask a
+    selection on the device, per-image noise moved over; known pixels come back exactly."""
+    sched = device_schedule(target)
+    model = tiny_model().to(target.device).eval()
+    x0 = (torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(target.device)
+    fill = builtin_mask("eyes", 16, "demo")
+    with target.strict():
+        sampler = DDPMSampler(sched)
+        sampler.set_timesteps(6)
+        out = RePaint(sampler, jump=2, resample=2).inpaint(
+            eps_fn(model, target.device, target.precision), x0, fill[None, None].to(target.device),
+            generator=PerImageNoise(0, 0, 3, target.device))
+    check(out, target, (3, 3, 16, 16))
+    if target.real:
+        assert torch.equal(out[:, :, ~fill], x0[:, :, ~fill])
 
 
 # ----------------------------------------------------------------------------- network and training
@@ -263,9 +287,11 @@ def test_unet_forward_and_backward(target):
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
 
 
-def test_ema_update(target):
+@pytest.mark.parametrize("kind", ["exponential", "power"])
+def test_ema_update(target, kind):
     model = tiny_model().to(target.device)
-    ema = EMA(model, decay=0.9, warmup=False)
+    ema = EMA(model, decay=0.9, warmup=False, kind=kind, std=0.1)
+    ema.num_updates = 5  # a power EMA's first update copies the weights; the sixth averages
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)

@@ -2,6 +2,8 @@
 
 Pure math on tensors and a NoiseSchedule; it knows nothing of the network, which reaches it
 only as an ε-prediction `eps: (B, C, H, W)` or as a callable `eps_model(x_t, t) -> eps`.
+A network trained to predict v (Salimans & Ho 2022) reaches the samplers through
+`eps_from_output`, the one place its output is turned into ε.
 Names follow Ho et al. (2020); t is the 0-based index described in `schedule.py`.
 """
 
@@ -18,6 +20,11 @@ from ddpmkit.schedule import NoiseSchedule, extract
 # the network as the math sees it: eps_model(x_t: (B, C, H, W), t: (B,) long) -> ε̂, same shape as x_t
 EpsModel = Callable[[Tensor, Tensor], Tensor]
 Variance = Literal["fixed_small", "fixed_large"]
+# what the network is trained to output: ε (DDPM) or v = √ᾱ_t ε - √(1-ᾱ_t) x_0 (Salimans & Ho 2022)
+Prediction = Literal["eps", "v"]
+PREDICTIONS: tuple[str, ...] = ("eps", "v")
+# how L_simple's per-sample terms are weighted (see `loss_weights`)
+LossWeight = Literal["uniform", "min_snr"]
 # what a sampler does with x̂_0 (see `x0_and_eps`)
 X0Mode = Literal["none", "clip", "clip_eps", "dynamic"]
 X0_MODES: tuple[str, ...] = ("none", "clip", "clip_eps", "dynamic")
@@ -59,6 +66,41 @@ def predict_eps_from_x0(sched: NoiseSchedule, xt: Tensor, t: Tensor, x0: Tensor)
     return (extract(sched.sqrt_recip_alphas_cumprod, t, xt) * xt - x0) / extract(
         sched.sqrt_recipm1_alphas_cumprod, t, xt
     )
+
+
+def predict_v(sched: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+    """The v-prediction target v = √ᾱ_t ε - √(1-ᾱ_t) x_0 (Salimans & Ho 2022, §4).
+
+    x0, noise: (B, C, H, W); t: (B,) long in [0, T). Returns v, same shape as x0.
+    """
+    return extract(sched.sqrt_alphas_cumprod, t, x0) * noise - extract(
+        sched.sqrt_one_minus_alphas_cumprod, t, x0
+    ) * x0
+
+
+def eps_from_v(sched: NoiseSchedule, xt: Tensor, t: Tensor, v: Tensor) -> Tensor:
+    """ε = √ᾱ_t v + √(1-ᾱ_t) x_t, exact for x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε (no division: stable at
+    every t). xt, v: (B, C, H, W); t: (B,) long. Returns ε, same shape as xt."""
+    return extract(sched.sqrt_alphas_cumprod, t, xt) * v + extract(
+        sched.sqrt_one_minus_alphas_cumprod, t, xt
+    ) * xt
+
+
+def v_from_eps(sched: NoiseSchedule, xt: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+    """The inverse of `eps_from_v`: v = (ε - √(1-ᾱ_t) x_t)/√ᾱ_t."""
+    return (eps - extract(sched.sqrt_one_minus_alphas_cumprod, t, xt) * xt) / extract(
+        sched.sqrt_alphas_cumprod, t, xt
+    )
+
+
+def eps_from_output(sched: NoiseSchedule, xt: Tensor, t: Tensor, out: Tensor, prediction: Prediction) -> Tensor:
+    """The ε the network's output `out` stands for: itself for an ε-network, `eps_from_v` for a
+    v-network. Every user of a network's output for sampling goes through here."""
+    if prediction == "eps":
+        return out
+    if prediction == "v":
+        return eps_from_v(sched, xt, t, out)
+    raise ValueError(f"unknown prediction {prediction!r}; choose one of: {', '.join(PREDICTIONS)}")
 
 
 def x0_from_eps(xt: Tensor, eps: Tensor, alpha_bar: AlphaBar) -> Tensor:
@@ -160,14 +202,57 @@ def sample_timesteps(batch: int, T: int, device: torch.device, generator: torch.
     return torch.randint(0, T, (batch,), device=device, generator=generator)
 
 
+def snr(sched: NoiseSchedule, t: Tensor) -> Tensor:
+    """SNR_t = ᾱ_t/(1-ᾱ_t) at training indices t: (B,) in the schedule's dtype, on t's device."""
+    a = sched.alphas_cumprod.to(t.device)[t]
+    return a / (1 - a)
+
+
+def loss_weights(
+    sched: NoiseSchedule, t: Tensor, loss_weight: LossWeight, prediction: Prediction, gamma: float = 5.0
+) -> Tensor:
+    """Per-sample weights of the loss: (B,) in the schedule's dtype, on t's device.
+
+    uniform: 1 (L_simple). min_snr (Hang et al. 2023, min-SNR-γ): the x_0-loss weight
+    min(SNR_t, γ) written for the network's target, min(SNR_t, γ)/SNR_t for ε (= min(1, γ/SNR_t),
+    finite where SNR_t is 0) and min(SNR_t, γ)/(SNR_t + 1) for v.
+    """
+    r = snr(sched, t)
+    if loss_weight == "uniform":
+        return torch.ones_like(r)
+    if loss_weight != "min_snr":
+        raise ValueError(f"unknown loss weighting {loss_weight!r}; choose uniform or min_snr")
+    if prediction == "eps":
+        return (gamma / r).clamp(max=1.0)
+    return r.clamp(max=gamma) / (r + 1)
+
+
 def training_loss(
     eps_model: EpsModel,
     sched: NoiseSchedule,
     x0: Tensor,
     t: Tensor,
     noise: Tensor,
+    prediction: Prediction = "eps",
+    loss_weight: LossWeight = "uniform",
+    min_snr_gamma: float = 5.0,
 ) -> Tensor:
-    """L_simple = E ||ε - ε_θ(√ᾱ_t x_0 + √(1-ᾱ_t) ε, t)||² (eq. 14), averaged over all elements."""
+    """L_simple = E ||ε - ε_θ(√ᾱ_t x_0 + √(1-ᾱ_t) ε, t)||² (eq. 14), averaged over all elements.
+
+    prediction "v": the network (`eps_model` is then a v-model) is regressed onto `predict_v`.
+    loss_weight "min_snr": each sample's mean squared error is weighted by `loss_weights`
+    before the mean over the batch. Returns a 0-d float32 tensor.
+    """
     xt = q_sample(sched, x0, t, noise)
-    eps = eps_model(xt, t)
-    return F.mse_loss(eps.float(), noise.float())
+    out = eps_model(xt, t).float()
+    if prediction == "eps":
+        target = noise
+    elif prediction == "v":
+        target = predict_v(sched, x0, t, noise)
+    else:
+        raise ValueError(f"unknown prediction {prediction!r}; choose one of: {', '.join(PREDICTIONS)}")
+    if loss_weight == "uniform":
+        return F.mse_loss(out, target.float())
+    w = loss_weights(sched, t, loss_weight, prediction, min_snr_gamma).to(out.device, torch.float32)
+    per_sample = (out - target.float()).square().reshape(out.shape[0], -1).mean(dim=1)
+    return (w * per_sample).mean()

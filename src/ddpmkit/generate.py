@@ -8,16 +8,31 @@ import torch
 from torch import Tensor, nn
 
 from ddpmkit.device import autocast
-from ddpmkit.diffusion import EpsModel
+from ddpmkit.diffusion import EpsModel, Prediction, eps_from_output
 from ddpmkit.samplers import PerImageNoise, Sampler, StepCallback, sample
+from ddpmkit.schedule import NoiseSchedule
 
 
-def eps_fn(model: nn.Module, device: torch.device, precision: str = "auto") -> EpsModel:
-    """Wrap the network as eps(x_t, t) in float32, with bf16 autocast on CUDA."""
+def eps_fn(
+    model: nn.Module,
+    device: torch.device,
+    precision: str = "auto",
+    *,
+    prediction: Prediction = "eps",
+    sched: Optional[NoiseSchedule] = None,
+) -> EpsModel:
+    """Wrap the network as eps(x_t, t) in float32, with bf16 autocast on CUDA.
+
+    prediction (the run's `diffusion.prediction`): a v-network's output is turned into ε with the
+    training schedule `sched` (needed then), so every sampler sees an ε-model.
+    """
+    if prediction != "eps" and sched is None:
+        raise ValueError(f"eps_fn: a {prediction}-prediction network needs the schedule (sched=)")
 
     def eps(x: Tensor, t: Tensor) -> Tensor:
         with autocast(device, precision):
-            return model(x, t).float()
+            out = model(x, t).float()
+        return out if sched is None else eps_from_output(sched, x.float(), t, out, prediction)
 
     return eps
 

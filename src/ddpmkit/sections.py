@@ -81,6 +81,10 @@ class DiffusionConfig(_Section):
     timesteps: int = Field(1000, ge=2, le=100_000, description="T")
     beta_start: float = Field(1e-4, gt=0.0, lt=1.0)
     beta_end: float = Field(0.02, gt=0.0, lt=1.0)
+    prediction: Literal["eps", "v"] = Field(
+        "eps", description="what the network predicts: eps (DDPM) or v = sqrt(abar) eps - sqrt(1-abar) x_0 "
+        "(Salimans & Ho 2022); samplers always receive eps"
+    )
 
     @model_validator(mode="after")
     def _check_betas(self) -> "DiffusionConfig":
@@ -122,8 +126,21 @@ class TrainConfig(_Section):
         "constant", description="after warm-up: constant (DDPM) or cosine to 0 at the last step"
     )
     grad_clip: float = Field(1.0, ge=0.0, description="max gradient norm; 0 = off")
+    loss_weight: Literal["uniform", "min_snr"] = Field(
+        "uniform", description="per-sample loss weights: uniform (DDPM's L_simple) or min_snr "
+        "(Hang et al. 2023: min(SNR, gamma)/SNR for eps, min(SNR, gamma)/(SNR+1) for v)"
+    )
+    min_snr_gamma: float = Field(5.0, gt=0.0, description="gamma of loss_weight min_snr")
     ema_decay: float = Field(0.9999, ge=0.0, lt=1.0)
     ema_warmup: bool = Field(True, description="use min(decay, (1+n)/(10+n)) so early EMA is not stuck at init")
+    ema: Literal["exponential", "power"] = Field(
+        "exponential", description="weight average: exponential (ema_decay, ema_warmup) or power, the "
+        "power-function EMA of Karras et al. 2024 (EDM2), (1-1/t)^(gamma+1) at step t, its width ema_std"
+    )
+    ema_std: float = Field(
+        0.10, gt=0.0, lt=0.2886, description="relative width sigma_rel of the power EMA (EDM2: 0.05-0.15); "
+        "0.10 is gamma 6.94"
+    )
     seed: int = Field(0, ge=0, le=MAX_SEED)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool = False

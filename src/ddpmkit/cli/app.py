@@ -17,7 +17,9 @@ from typing_extensions import Annotated
 
 from ddpmkit import __version__
 from ddpmkit.cli.fid_cmd import fid
+from ddpmkit.cli.inpaint_cmd import inpaint
 from ddpmkit.cli.inspect_cmd import inspect
+from ddpmkit.cli.interpolate_cmd import interpolate, paired_command
 from ddpmkit.cli.noise_demo_cmd import noise_demo
 from ddpmkit.cli.prepare_cmd import prepare
 from ddpmkit.cli.report_cmd import report
@@ -103,10 +105,12 @@ def _root(
 app.command(cls=Command)(prepare)
 app.command(cls=Command)(train)
 app.command(cls=Command)(sample)
+app.command(cls=Command)(inpaint)
 app.command("noise-demo", cls=Command)(noise_demo)
 app.command(cls=Command)(inspect)
 app.command(cls=Command)(fid)
 app.command(cls=Command)(report)
+app.command(cls=paired_command(Command))(interpolate)
 
 
 def main() -> None:

@@ -116,11 +116,12 @@ def _generated_stats(path: Path, asked: Settings, ex, dev, config, sets, opts: d
 
     model, settings, step = load_model(path, dev, fallback_settings=asked)
     cfg = resolve_sample_config(settings.sample, settings.diffusion.timesteps, config, sets, opts)
-    sampler = make_sampler(NoiseSchedule.from_config(settings.diffusion).to(dev), cfg)
+    sched = NoiseSchedule.from_config(settings.diffusion).to(dev)
+    sampler = make_sampler(sched, cfg)
     n, calls = asked.fid.n, len(sampler.timesteps)
     warn_if_few(n, "SOURCE")
     shape = (settings.model.in_channels, settings.data.size, settings.data.size)
-    eps = eps_fn(model, dev)
+    eps = eps_fn(model, dev, prediction=settings.diffusion.prediction, sched=sched)
     what = f"sampling {n:,} images ({cfg.sampler}, {calls} steps, on {dev}) for their Inception features"
     with _progress(what, n) as bar:
 

@@ -26,6 +26,7 @@ from ddpmkit.progress import Progress
 if TYPE_CHECKING:
     from torch import Tensor
 
+    from ddpmkit.schedule import NoiseSchedule
     from ddpmkit.settings import SampleConfig
 
 GRID_MAX = 64  # grid.png shows the first 64 images at most (8x8)
@@ -84,15 +85,17 @@ def sample(
     out_dir.mkdir(parents=True, exist_ok=True)
     shape = (settings.model.in_channels, settings.data.size, settings.data.size)
     writer = SampleWriter(out_dir, cfg.n, scale)
-    draw(model, smp, sched.alphas_cumprod, cfg, shape, dev, writer, gif=gif, progress=progress)
+    draw(model, smp, sched, cfg, shape, dev, writer, gif=gif, progress=progress,
+         prediction=settings.diffusion.prediction)
     files = "grid.png, images/" + (", denoise.gif" if gif else "")
     console.print(f"wrote {cfg.n:,} images in {time.perf_counter() - writer.t0:.1f}s to {out_dir} ({files})",
                   markup=False, soft_wrap=True)
 
 
-def draw(model: Any, smp: Any, alphas_cumprod: "Tensor", cfg: "SampleConfig", shape: tuple[int, int, int],
-         dev: Any, writer: "SampleWriter", *, gif: bool, progress: bool) -> None:
-    """Sample cfg.n images batch by batch into `writer`, with progress; Ctrl-C keeps what is written."""
+def draw(model: Any, smp: Any, sched: "NoiseSchedule", cfg: "SampleConfig", shape: tuple[int, int, int],
+         dev: Any, writer: "SampleWriter", *, gif: bool, progress: bool, prediction: str = "eps") -> None:
+    """Sample cfg.n images batch by batch into `writer`, with progress; Ctrl-C keeps what is written.
+    prediction: the run's diffusion.prediction (a v-network's output becomes ε in `eps_fn`)."""
     # lazy, as in sample(): torch loads when the command runs, not for `ddpmkit --help`
     from ddpmkit.generate import eps_fn, generate
     from ddpmkit.pictures import DenoiseRecorder
@@ -100,8 +103,8 @@ def draw(model: Any, smp: Any, alphas_cumprod: "Tensor", cfg: "SampleConfig", sh
     n_batches = -(-cfg.n // cfg.batch_size)
     bar = Progress("sample", n_batches * len(smp.timesteps), mode="auto" if progress else "off", console=console,
                    info=f"images 0/{cfg.n:,}")
-    recorder = DenoiseRecorder(smp.timesteps.tolist(), alphas_cumprod, cfg.gif_frames) if gif else None
-    eps = counted(eps_fn(model, dev), lambda calls: writer.report(bar, calls))
+    recorder = DenoiseRecorder(smp.timesteps.tolist(), sched.alphas_cumprod, cfg.gif_frames) if gif else None
+    eps = counted(eps_fn(model, dev, prediction=prediction, sched=sched), lambda calls: writer.report(bar, calls))
     batches = generate(eps, smp, cfg.n, shape, seed=cfg.seed, batch_size=cfg.batch_size, device=dev,
                        callback=recorder)
     try:

@@ -180,7 +180,7 @@ def _periodic(
     if not is_main:
         return periodic
     shape = (s.model.in_channels, s.data.size, s.data.size)
-    common = {"shape": shape, "device": device, "precision": tc.precision}
+    common = {"shape": shape, "device": device, "precision": tc.precision, "prediction": s.diffusion.prediction}
     if tc.sample_every:
         periodic.preview = PreviewGrids.make(sched, s.sample, n=tc.num_samples, seed=tc.seed,
                                              out_dir=run_dir.samples, tensorboard=tb, **common)

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch import Tensor, nn
 
+from ddpmkit.diffusion import Prediction
 from ddpmkit.fid.colour import compare, summary
 from ddpmkit.generate import eps_fn, generate
 from ddpmkit.images import make_grid_image, save_grid, to_uint8
@@ -36,13 +37,16 @@ def ema_images(
     seed: int,
     device: torch.device,
     precision: str,
+    prediction: Prediction = "eps",
 ) -> Tensor:
-    """n samples (n, C, H, W) in [-1, 1] from `ema_model` with the sampler `cfg` describes."""
+    """n samples (n, C, H, W) in [-1, 1] from `ema_model` (a `prediction` network) with the
+    sampler `cfg` describes."""
     was_training = ema_model.training
     ema_model.eval()
     try:
         sampler = make_sampler(sched, cfg)
-        batches = generate(eps_fn(ema_model, device, precision), sampler, n, shape,
+        eps = eps_fn(ema_model, device, precision, prediction=prediction, sched=sched)
+        batches = generate(eps, sampler, n, shape,
                            seed=seed, batch_size=min(n, cfg.batch_size), device=device)
         return torch.cat(list(batches))
     finally:
@@ -63,6 +67,7 @@ class PreviewGrids:
     device: torch.device
     precision: str
     tensorboard: Optional[TensorBoard] = None
+    prediction: Prediction = "eps"  # the run's diffusion.prediction
 
     @classmethod
     def make(cls, sched: NoiseSchedule, sample: SampleConfig, **kw: Any) -> "PreviewGrids":
@@ -71,7 +76,8 @@ class PreviewGrids:
 
     def __call__(self, ema_model: nn.Module, step: int) -> Path:
         x = ema_images(ema_model, self.sched, self.cfg, self.n, self.shape,
-                       seed=self.seed, device=self.device, precision=self.precision).cpu()
+                       seed=self.seed, device=self.device, precision=self.precision,
+                       prediction=self.prediction).cpu()
         if self.tensorboard is not None:
             self.tensorboard.image("samples", make_grid_image(x), step)
         return save_grid(x, self.out_dir / f"step_{step:08d}.png")
@@ -93,10 +99,11 @@ class FidProbe:
     precision: str
     log_file: JsonlLogger
     log: Callable[[str], None]
+    prediction: Prediction = "eps"  # the run's diffusion.prediction
 
     def __call__(self, ema_model: nn.Module, step: int) -> float:
         x = ema_images(ema_model, self.sched, self.cfg, self.n, self.shape,
-                       seed=0, device=self.device, precision=self.precision)
+                       seed=0, device=self.device, precision=self.precision, prediction=self.prediction)
         value = self.monitor(to_uint8(b) for b in x.split(50))
         name = f"{self.cfg.sampler}{self.cfg.steps}"
         record: dict[str, Any] = {"step": step, "fid": round(value, 4), "fid_n": self.n, "fid_sampler": name}

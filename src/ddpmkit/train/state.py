@@ -49,7 +49,7 @@ class TrainState:
         model = UNet.from_config(settings.model).to(device)
         if device.type == "cuda" and tc.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        ema = EMA(model, tc.ema_decay, tc.ema_warmup)
+        ema = EMA(model, tc.ema_decay, tc.ema_warmup, kind=tc.ema, std=tc.ema_std)
         optimizer = build_optimizer(model.parameters(), tc, device)
         gen = torch.Generator(device=device).manual_seed(tc.seed + 1)
         torch.manual_seed(tc.seed + RANK_SEED_STRIDE * rank)

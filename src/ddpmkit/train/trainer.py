@@ -167,7 +167,8 @@ class Trainer:
             noise = noise.contiguous(memory_format=torch.channels_last)
         set_lr(st.optimizer, lr_at(st.step, c.lr, c.warmup_steps, self.total, c.lr_decay))
         with autocast(self.device, c.precision):
-            loss = training_loss(self.net, self.sched, x0, t, noise)
+            loss = training_loss(self.net, self.sched, x0, t, noise, st.settings.diffusion.prediction,
+                                 c.loss_weight, c.min_snr_gamma)
         st.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if c.grad_clip > 0:
