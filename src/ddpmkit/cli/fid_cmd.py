@@ -3,6 +3,8 @@
 Long work shows progress on stderr (`ddpmkit.progress`): sampling, then Inception features of the
 reference unless its statistics are cached. Fewer than 2,048 images give a warning: the FID of a
 small set is biased upwards, so it is comparable only with FIDs of as many images.
+Beside the FID, a colour table (`ddpmkit.fid.colour`): per-channel mean/std and the share of
+values at 0 or 255 of SOURCE and REFERENCE, when they are images (not .npz statistics).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from ddpmkit.progress import Progress
 from ddpmkit.settings import Settings
 
 if TYPE_CHECKING:
-    from ddpmkit.fid import ImageSource
+    from ddpmkit.fid import ColourStats, ImageSource
 
 SetOpt = set_option("fid.ref_split=test")
 # below the Inception features' dimension the covariance estimate is singular; papers use 50,000
@@ -72,13 +74,13 @@ def _image_source(path: Path, split: str, n: Optional[int]):
 
 
 def _stats_of(path: Path, split: str, n: Optional[int], ex, cache_dir: Path, what: str):
-    """(stats, description) for a .npz stats file, an image folder or a prepared cache."""
+    """(stats, description, colour or None) for a .npz stats file, an image folder or a prepared cache."""
     from ddpmkit.fid import FidStats  # lazy: torch
 
     if path.is_file() and path.suffix == ".npz":
         stats = FidStats.load(path)
         warn_if_few(stats.count, what)
-        return stats, {"kind": "stats", "path": str(path)}
+        return stats, {"kind": "stats", "path": str(path)}, None
     if not path.exists():
         raise DdpmkitError(f"{what} not found: {path}")
     source = _image_source(path, split, n)
@@ -88,7 +90,9 @@ def _stats_of(path: Path, split: str, n: Optional[int], ex, cache_dir: Path, wha
 
 
 def _source_stats(source, ex, cache_dir: Path, what: str):
-    """(stats, description) of an ImageSource, its statistics cached under `cache_dir`."""
+    """(stats, description, colour) of an ImageSource, its statistics cached under `cache_dir`."""
+    from ddpmkit.fid import source_colour  # lazy: torch
+
     warn_if_few(source.count, what)
     stats, cached, reused = ex.source_stats(_with_progress(source), cache_dir)
     if reused:
@@ -96,13 +100,15 @@ def _source_stats(source, ex, cache_dir: Path, what: str):
     desc = {"kind": source.identity["kind"], "path": source.origin or source.label, "stats_cache": str(cached) if cached else None, "reused": reused}
     if "split" in source.identity:
         desc["split"] = source.identity["split"]
-    return stats, desc
+    colour, _, _ = source_colour(source, cache_dir)
+    return stats, desc, colour
 
 
 def _generated_stats(path: Path, asked: Settings, ex, dev, config, sets, opts: dict[str, Any]):
-    """Statistics of n samples from a checkpoint; returns (stats, description, its settings)."""
+    """Statistics of n samples from a checkpoint; returns (stats, description, its settings, colour)."""
     # lazy: torch and the model code load for the work, not for `ddpmkit --help`
     from ddpmkit.checkpoint import load_model
+    from ddpmkit.fid import ColourAccumulator
     from ddpmkit.generate import eps_fn, generate
     from ddpmkit.images import to_uint8
     from ddpmkit.samplers import make_sampler
@@ -125,10 +131,11 @@ def _generated_stats(path: Path, asked: Settings, ex, dev, config, sets, opts: d
             return e
 
         images = generate(counted_eps, sampler, n, shape, seed=cfg.seed, batch_size=cfg.batch_size, device=dev)
-        stats = ex.stats((to_uint8(x) for x in images), limit=n)
+        colour = ColourAccumulator()
+        stats = ex.stats(colour.tap((to_uint8(x) for x in images), n))
     desc = {"kind": "checkpoint", "path": str(path), "sampler": cfg.sampler, "steps": cfg.steps, "eta": cfg.eta,
-            "seed": cfg.seed, "checkpoint_step": step}
-    return stats, desc, settings
+            "seed": cfg.seed, "checkpoint_step": step, "x0": cfg.x0}
+    return stats, desc, settings, colour.result()
 
 
 def _table(result: dict[str, Any]) -> Table:
@@ -136,7 +143,7 @@ def _table(result: dict[str, Any]) -> Table:
     table.add_column("field")
     table.add_column("value", overflow="fold")
     table.add_row("FID", f"{result['fid']:.4f}")
-    for key in ("n", "reference_n", "sampler", "steps", "seed", "checkpoint_step"):
+    for key in ("n", "reference_n", "sampler", "steps", "x0", "seed", "checkpoint_step"):
         if result.get(key) is not None:
             table.add_row(key, str(result[key]))
     table.add_row("source", f"{result['source']['kind']}: {result['source']['path']}")
@@ -145,6 +152,28 @@ def _table(result: dict[str, Any]) -> Table:
     table.add_row("reference", f"{ref['kind']}: {ref['path']}{reused}")
     table.add_row("time", f"{result['time_s']:.1f} s")
     return table
+
+
+def _colour_table(samples: Optional["ColourStats"], reference: Optional["ColourStats"]) -> Optional[Table]:
+    """Per-channel mean and std (0-255) and the share of values at 0 or 255, SOURCE above REFERENCE."""
+    rows = [(name, c) for name, c in (("SOURCE", samples), ("REFERENCE", reference)) if c is not None]
+    if not rows:
+        return None
+    table = Table(title="Colour (0-255; saturated = values at 0 or 255)", show_header=True)
+    table.add_column("")
+    for head in ("n", "mean R", "mean G", "mean B", "std R", "std G", "std B", "saturated"):
+        table.add_column(head, justify="right")
+    for name, c in rows:
+        values = [f"{v:.1f}" for v in (*c.mean, *c.std)]
+        table.add_row(name, f"{c.n:,}", *values, f"{100 * c.saturated_all:.2f}%")
+    return table
+
+
+def _print_tables(result: dict[str, Any], samples: Optional["ColourStats"], reference: Optional["ColourStats"]) -> None:
+    out.print(_table(result))
+    colours = _colour_table(samples, reference)
+    if colours is not None:
+        out.print(colours)
 
 
 @user_errors
@@ -181,45 +210,48 @@ def fid(
     # lazy, and after the checks above: torch loads for the work, not for --help or a typo
     from ddpmkit.device import resolve_device
     from ddpmkit.fid import FidExtractor, frechet_distance
+    from ddpmkit.fid.colour import compare
 
     dev = resolve_device(asked.train.device)
     f = asked.fid
     ex = FidExtractor(f.weights, dev, f.batch_size, f.verify_weights)
     stats_dir = Path(asked.data.cache_dir) / "fid"
     sample_opts = {"sampler": sampler, "steps": steps, "seed": seed, "batch_size": batch_size}
-    src_stats, src_desc, ref_settings = _source_side(source, n, asked, ex, dev, stats_dir, (config, sets, sample_opts))
-    ref_stats, ref_desc = _reference_side(reference, ref_settings, f, ex, stats_dir)
+    src_stats, src_desc, ref_settings, src_colour = _source_side(source, n, asked, ex, dev, stats_dir,
+                                                                 (config, sets, sample_opts))
+    ref_stats, ref_desc, ref_colour = _reference_side(reference, ref_settings, f, ex, stats_dir)
     result: dict[str, Any] = {
         "fid": frechet_distance(src_stats, ref_stats),
         "n": src_stats.count,
         "reference_n": ref_stats.count,
-        **{k: src_desc.get(k) for k in ("sampler", "steps", "seed", "checkpoint_step")},
+        **{k: src_desc.get(k) for k in ("sampler", "steps", "seed", "checkpoint_step", "x0")},
         "time_s": time.perf_counter() - start,
         "source": src_desc,
         "reference": ref_desc,
         "weights_sha256": ex.sha256,
+        "colour": compare(src_colour, ref_colour),
     }
-    out.print(_table(result))
+    _print_tables(result, src_colour, ref_colour)
     if out_json is not None:
         write_text_atomic(out_json, json.dumps(result, indent=2) + "\n")
         console.print(f"wrote {out_json}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _source_side(source: Path, n: Optional[int], asked: Settings, ex, dev, stats_dir: Path, sampling: tuple):
-    """(stats, description, settings of the data to compare with) for SOURCE: a stats file or
-    images as they are, else a checkpoint's samples (then the settings are the checkpoint's)."""
+    """(stats, description, settings of the data to compare with, colour or None) for SOURCE: a stats
+    file or images as they are, else a checkpoint's samples (then the settings are the checkpoint's)."""
     is_stats_or_images = (source.is_file() and source.suffix == ".npz") or (
         source.is_dir() and _image_source(source, asked.data.split, None) is not None
     )
     if is_stats_or_images:
-        stats, desc = _stats_of(source, asked.data.split, n, ex, stats_dir, "SOURCE")
-        return stats, desc, asked
+        stats, desc, colour = _stats_of(source, asked.data.split, n, ex, stats_dir, "SOURCE")
+        return stats, desc, asked, colour
     config, sets, sample_opts = sampling
     return _generated_stats(source, asked, ex, dev, config, sets, sample_opts)
 
 
 def _reference_side(reference: Optional[Path], ref_settings: Settings, f, ex, stats_dir: Path):
-    """(stats, description) of REFERENCE, by default the prepared split of the data SOURCE was trained on."""
+    """(stats, description, colour or None) of REFERENCE, by default the prepared split of the data SOURCE was trained on."""
     split = f.ref_split or ref_settings.data.split
     if reference is not None:
         return _stats_of(reference, split, f.ref_n, ex, stats_dir, "REFERENCE")

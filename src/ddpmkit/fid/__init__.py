@@ -4,12 +4,14 @@
     a = ex.stats(uint8_batches)                            # FidStats(mu, sigma, count)
     b, path, reused = ex.source_stats(folder_source(dir), cache_dir)
     frechet_distance(a, b)
+    colour_stats(uint8_batches), source_colour(source, cache_dir)   # per-channel mean/std, saturated
 
 Generated images (B, 3, H, W) in [-1, 1] become uint8 with `ddpmkit.images.to_uint8`.
 """
 
 from __future__ import annotations
 
+from ddpmkit.fid.colour import ColourAccumulator, ColourStats, colour_stats, source_colour
 from ddpmkit.fid.extractor import FidExtractor
 from ddpmkit.fid.monitor import FidMonitor
 from ddpmkit.fid.sources import (
@@ -26,6 +28,7 @@ from ddpmkit.fid.stats import FidStats, cached_stats, frechet_distance
 from ddpmkit.fid.weights import resolve_weights, user_cache_dir
 
 __all__ = [
+    "ColourAccumulator", "ColourStats", "colour_stats", "source_colour",
     "FidExtractor", "FidMonitor", "FidStats", "ImageSource", "cache_source", "cached_stats", "default_reference",
     "find_prepared_cache", "folder_source", "frechet_distance", "is_image_folder", "is_prepared_cache",
     "resolve_weights", "synthetic_source", "user_cache_dir",

@@ -9,6 +9,7 @@ How a trainer uses it (every `fid.every` steps, on the main process):
     ...
     samples = ...  # batches of f.every_n EMA samples (B, 3, H, W) in [-1, 1], fixed seed
     logger.log({"step": step, "fid": monitor(to_uint8(x) for x in samples)})  # ddpmkit.images
+    monitor.last_colour                   # ColourStats of those samples; monitor.reference_colour: the data's
 
 A fixed seed keeps the generated noise the same at every evaluation, so the curve shows the
 model changing, not the noise. With few images FID is biased upwards: compare runs at equal n.
@@ -21,21 +22,30 @@ from typing import Iterable, Optional
 
 from torch import Tensor
 
+from ddpmkit.fid.colour import ColourAccumulator, ColourStats, source_colour
 from ddpmkit.fid.extractor import FidExtractor
 from ddpmkit.fid.sources import ImageSource
 from ddpmkit.fid.stats import FidStats, frechet_distance
 
 
 class FidMonitor:
-    """FID of up to `n` uint8 images (B, 3, H, W) against fixed reference statistics."""
+    """FID of up to `n` uint8 images (B, 3, H, W) against fixed reference statistics; each call
+    also leaves the colour statistics of the images it measured in `last_colour`."""
 
-    def __init__(self, reference: FidStats, extractor: FidExtractor, n: int) -> None:
+    def __init__(
+        self, reference: FidStats, extractor: FidExtractor, n: int, reference_colour: Optional[ColourStats] = None
+    ) -> None:
         self.reference = reference
+        self.reference_colour = reference_colour
         self.extractor = extractor
         self.n = n
+        self.last_colour: Optional[ColourStats] = None
 
     def __call__(self, images_uint8: Iterable[Tensor]) -> float:
-        return frechet_distance(self.extractor.stats(images_uint8, limit=self.n), self.reference)
+        acc = ColourAccumulator()
+        value = frechet_distance(self.extractor.stats(acc.tap(images_uint8, self.n)), self.reference)
+        self.last_colour = acc.result() if acc.values else None
+        return value
 
     @classmethod
     def for_reference(
@@ -45,6 +55,7 @@ class FidMonitor:
         n: int,
         stats_dir: Optional[Path] = None,
     ) -> "FidMonitor":
-        """A monitor against the statistics of `source`, computed now (or read from `stats_dir`)."""
+        """A monitor against the statistics of `source` (FID and colour), computed now (or read from `stats_dir`)."""
         reference, _, _ = extractor.source_stats(source, stats_dir)
-        return cls(reference, extractor, n)
+        colour, _, _ = source_colour(source, stats_dir)
+        return cls(reference, extractor, n, colour)

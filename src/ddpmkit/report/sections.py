@@ -127,12 +127,24 @@ def fid_section(run: RunData) -> Section:
         return "fid", "FID", note(f"No FID measured{why}.")
     chart = img(plots.line([r["step"] for r in log], [r["fid"] for r in log], "FID (lower is better)", "FID",
                            marker="o"), "image/png", "FID over steps")
-    rows = [(f"{int(r['step']):,}", f"{r['fid']:.2f}", r.get("fid_n", "?"), r.get("fid_sampler", "?")) for r in log]
+    rows = [(f"{int(r['step']):,}", f"{r['fid']:.2f}", r.get("fid_n", "?"), r.get("fid_sampler", "?"), _saturated(r))
+            for r in log]
     caveat = ""
     if any(isinstance(r.get("fid_n"), int) and r["fid_n"] < 2048 for r in log):
         caveat = note("FID from fewer than 2,048 samples is biased upwards: compare it across steps, not with papers.")
     return "fid", "FID", f'<div class="plots">{chart}</div>{caveat}' + table(
-        rows, ["step", "FID", "samples", "sampler"], numeric=(0, 1, 2))
+        rows, ["step", "FID", "samples", "sampler", "saturated (data)"], numeric=(0, 1, 2))
+
+
+def _saturated(record: dict[str, Any]) -> str:
+    """The samples' share of channel values at 0 or 255, the data's in brackets (ddpmkit.fid.colour)."""
+    colour = record.get("colour") if isinstance(record.get("colour"), dict) else {}
+    sides = [side.get("saturated_all") if isinstance(side, dict) else None
+             for side in (colour.get("samples"), colour.get("reference"))]
+    pct = [100 * v if isinstance(v, (int, float)) and not isinstance(v, bool) else None for v in sides]
+    if pct[0] is None:
+        return "—"
+    return f"{pct[0]:.1f}%" + (f" ({pct[1]:.1f}%)" if pct[1] is not None else "")
 
 
 def picture_section(sid: str, title: str, pic: Optional[Picture], missing: str) -> Section:

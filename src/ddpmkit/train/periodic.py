@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ddpmkit.diffusion import Prediction
+from ddpmkit.fid.colour import compare, summary
 from ddpmkit.generate import eps_fn, generate
 from ddpmkit.images import make_grid_image, save_grid, to_uint8
 from ddpmkit.samplers import make_sampler
@@ -105,8 +106,15 @@ class FidProbe:
                        seed=0, device=self.device, precision=self.precision, prediction=self.prediction)
         value = self.monitor(to_uint8(b) for b in x.split(50))
         name = f"{self.cfg.sampler}{self.cfg.steps}"
-        self.log_file.write({"step": step, "fid": round(value, 4), "fid_n": self.n, "fid_sampler": name})
-        self.log(f"step {step}: FID {value:.2f} ({self.n} samples, {self.cfg.sampler} {self.cfg.steps} steps)")
+        record: dict[str, Any] = {"step": step, "fid": round(value, 4), "fid_n": self.n, "fid_sampler": name}
+        line = f"step {step}: FID {value:.2f} ({self.n} samples, {self.cfg.sampler} {self.cfg.steps} steps)"
+        # a FidMonitor also measured the samples' colours (any other callable just gives the FID)
+        colour, ref_colour = getattr(self.monitor, "last_colour", None), getattr(self.monitor, "reference_colour", None)
+        if colour is not None:
+            record["colour"] = compare(colour, ref_colour)
+            line += f"; {summary(colour, ref_colour)}"
+        self.log_file.write(record)
+        self.log(line)
         return value
 
 
