@@ -10,16 +10,22 @@ from torch import Tensor, nn
 from ddpmkit.device import autocast
 from ddpmkit.diffusion import EpsModel
 from ddpmkit.samplers import PerImageNoise, Sampler, StepCallback, sample
+from ddpmkit.samplers.guidance import guided_eps
 
 
-def eps_fn(model: nn.Module, device: torch.device, precision: str = "auto") -> EpsModel:
-    """Wrap the network as eps(x_t, t) in float32, with bf16 autocast on CUDA."""
+def eps_fn(model: nn.Module, device: torch.device, precision: str = "auto", *,
+           cond: Optional[Tensor] = None, guidance: float = 1.0) -> EpsModel:
+    """Wrap the network as eps(x_t, t) in float32, with bf16 autocast on CUDA.
 
-    def eps(x: Tensor, t: Tensor) -> Tensor:
+    cond: (K,) attribute condition for a conditional network (None: its null embedding, i.e.
+    unconditional), guided with weight `guidance` (samplers/guidance.py: 0 unconditional,
+    1 conditional, > 1 stronger)."""
+
+    def cond_eps(x: Tensor, t: Tensor, c: Optional[Tensor] = None, drop: Optional[Tensor] = None) -> Tensor:
         with autocast(device, precision):
-            return model(x, t).float()
+            return (model(x, t) if c is None else model(x, t, c, drop)).float()
 
-    return eps
+    return cond_eps if cond is None else guided_eps(cond_eps, cond, guidance)
 
 
 def generate(
