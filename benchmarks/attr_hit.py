@@ -44,7 +44,7 @@ CHECKER_SEED = 10_007  # a face stream no run trains on by default (data.synthet
 class Checker(nn.Module):
     """A small CNN: (B, 3, S, S) in [-1, 1] -> (B, K) logits, one per attribute."""
 
-    def __init__(self, k: int, width: int = 32) -> None:
+    def __init__(self, k: int, width: int = 16) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 3
@@ -70,6 +70,7 @@ def train_checker(size: int, n_train: int, n_test: int, steps: int, device: torc
     x_tr, y_tr, x_te, y_te = x[:n_train].to(device), y[:n_train].to(device), x[n_train:], y[n_train:]
     net = Checker(len(FACE_ATTRIBUTES)).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
     g = torch.Generator().manual_seed(0)
     for step in range(steps):
         idx = torch.randint(0, n_train, (64,), generator=g).to(device)
@@ -80,7 +81,8 @@ def train_checker(size: int, n_train: int, n_test: int, steps: int, device: torc
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if (step + 1) % 100 == 0:
+        decay.step()
+        if (step + 1) % 250 == 0:
             log(f"checker step {step + 1}/{steps}: loss {loss.item():.4f}")
     net.eval()
     found = (predict(net, x_te, device) > 0.5).float()
@@ -126,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--show", type=int, default=4, help="faces per cell of the grid")
-    p.add_argument("--checker-steps", type=int, default=600)
+    p.add_argument("--checker-steps", type=int, default=2000,
+                   help="batches of 64 (small cues such as blush and a smile's curve need about this many)")
     p.add_argument("--checker-train", type=int, default=6000, help="generated faces to train the checker on")
     p.add_argument("--checker-test", type=int, default=2000, help="held-out generated faces")
     p.add_argument("--device", default="auto")

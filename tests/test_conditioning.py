@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from ddpmkit.checkpoint import load_model
 from ddpmkit.cli.app import app
 from ddpmkit.conditioning import attribute_label, attribute_vector, draw_condition, rows_missing
+from ddpmkit.data.loader import ImageBatches
 from ddpmkit.data.synthetic import FACE_ATTRIBUTES, face_attributes, make_faces, make_faces_with_attributes
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.generate import eps_fn
@@ -104,6 +105,22 @@ def test_draw_condition_slices_agree_with_one_process():
                              offset=lo) for lo in (0, 4)]
     assert torch.equal(one[0], torch.cat([h[0] for h in halves]))
     assert torch.equal(one[1], torch.cat([h[1] for h in halves]))
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_loader_labels_follow_their_images(world_size):
+    n = 40
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, 4, 4).contiguous()
+    labels = torch.stack([torch.arange(n), -torch.arange(n)], 1).to(torch.int16)
+    for rank in range(world_size):
+        batches = ImageBatches(images, 8 // world_size, device=torch.device("cpu"), seed=3, rank=rank,
+                               world_size=world_size, labels=labels)
+        seen = 0
+        for x, y in batches.epoch(1):
+            index = ((x[:, 0, 0, 0] + 1) * 127.5).round().long()  # back from [-1, 1] to the image number
+            assert torch.equal(y[:, 0].long(), index) and torch.equal(y[:, 1].long(), -index)
+            seen += len(x)
+        assert seen == n // world_size
 
 
 def test_images_without_rows_are_counted(tmp_path):
@@ -237,3 +254,21 @@ def test_cond_dim_without_condition_is_refused(tmp_path):
 
 
 TINY_DIFFUSION = tiny(Path("unused")).diffusion
+
+
+def test_attr_hit_benchmark_runs(cond_run, tmp_path, capsys):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from attr_hit import main
+
+    out = tmp_path / "hit"
+    assert main([str(cond_run), "--n", "2", "--steps", "2", "--attrs", "smiling", "Eyeglasses", "--checker-steps", "2",
+                 "--checker-train", "64", "--checker-test", "32", "--show", "2", "--out", str(out)]) == 0
+    md = (out / "attr_hit.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| Smiling") or line.startswith("| Eyeglasses")]
+    assert len(rows) == 2 and md.count("hit rate, guidance") == 3
+    from PIL import Image
+
+    w, h = Image.open(out / "attr_hit_grid.png").size
+    assert w > h  # 2 rows of 3 blocks of 2 faces (+ gaps): wider than tall
