@@ -83,8 +83,7 @@ def sample(
     cond, w, wanted = asked_condition(settings.model.cond_dim, settings.model.cond_names, attr or [], guidance)
     sched = NoiseSchedule.from_config(settings.diffusion).to(dev)
     smp = make_sampler(sched, cfg)
-    label = f"{Path(path).resolve().name}-step{step}-{cfg.sampler}{cfg.steps}-seed{cfg.seed}"
-    label += f"-{wanted}-w{w:g}" if wanted else ""
+    label = f"{Path(path).resolve().name}-step{step}-{cfg.sampler}{cfg.steps}-seed{cfg.seed}" + wanted
     out_dir = output_folder(out, force, cfg.out_dir / label)
     # everything is checked: from here on, output
     if checkpoint is None:
@@ -92,8 +91,7 @@ def sample(
     short = short_of_plan(resolve_checkpoint(path).path, step)
     if short:
         console.print(f"[yellow]warning:[/] {short}", soft_wrap=True)
-    what = f" ({wanted}, guidance {w:g})" if wanted else ""
-    console.print(f"sampling {cfg.n:,} images{what} with {cfg.sampler} ({cfg.steps} steps) on {dev} from step {step:,}"
+    console.print(f"sampling {cfg.n:,} images{' (' + wanted[1:] + ')' if wanted else ''} with {cfg.sampler} ({cfg.steps} steps) on {dev} from step {step:,}"
                   f" into {out_dir}", markup=False)
     out_dir.mkdir(parents=True, exist_ok=True)
     shape = (settings.model.in_channels, settings.data.size, settings.data.size)
@@ -142,7 +140,7 @@ def check_options(cfg: "SampleConfig", scale: Optional[int]) -> None:
 def asked_condition(cond_dim: int, names: tuple[str, ...], attrs: list[str],
                     guidance: Optional[float]) -> tuple[Optional["Tensor"], float, str]:
     """--attr and --guidance against the run's attributes: (condition (K,) or None, guidance weight,
-    a label such as "Smiling+Eyeglasses-Male", "" without --attr). One-line errors."""
+    a folder-name suffix such as "-attr_Eyeglasses+Smiling-Male-w3", "" without --attr). One-line errors."""
     from ddpmkit.conditioning import attribute_label, attribute_vector  # lazy: imports torch
 
     if not attrs:
@@ -158,7 +156,7 @@ def asked_condition(cond_dim: int, names: tuple[str, ...], attrs: list[str],
     if not 0 <= w <= 100:
         raise DdpmkitError(f"--guidance {w:g} is out of range: 0 (unconditional) to 100")
     cond = attribute_vector(names, attrs)
-    return cond, w, attribute_label(names, cond)
+    return cond, w, f"-{attribute_label(names, cond)}-w{w:g}"
 
 
 def output_folder(out: Optional[Path], force: bool, default: Path) -> Path:
