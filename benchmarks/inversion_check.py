@@ -52,7 +52,7 @@ def main() -> None:
     dev = resolve_device(args.device)
     model, settings, step = load_model(args.run, dev)
     sched = NoiseSchedule.from_config(settings.diffusion).to(dev)
-    eps = eps_fn(model, dev, "fp32")
+    eps = eps_fn(model, dev, "fp32", prediction=settings.diffusion.prediction, sched=sched)
     x0 = images_of(settings, args.images, args.files).to(dev)
     print(f"{args.run} (step {step:,}, {settings.data.size} px, T = {sched.T}): {len(x0)} images, "
           f"DDIM inversion then DDIM decoding, float32 on {dev}")

@@ -236,7 +236,7 @@ class SampleDdpmkit(Bench):
         sampler = self.make_sampler(self.sched, self.cfg.model_copy(update={"steps": steps}))
         s = self.settings
         shape = (s.model.in_channels, s.data.size, s.data.size)
-        eps = eps_fn(self.net, self.device, s.train.precision)
+        eps = eps_fn(self.net, self.device, s.train.precision, prediction=s.diffusion.prediction, sched=self.sched)
         return next(generate(eps, sampler, self.batch, shape, seed=0, batch_size=self.batch, device=self.device))
 
     def warm(self) -> None:  # compilation happens here: the network sees the same shapes every step

@@ -107,7 +107,7 @@ CASES: dict[str, Case] = {
     "train --seed 2**64": lambda m, t: (_train(m, t, "--seed", str(2**64)), [t / "new"], "train.seed"),
     "sample --seed 2**64": lambda m, t: (_sample(m, t, "", "--seed", str(2**64)), [m["run"], t / "out"], "seed"),
     "--preset ../x": _preset_outside,
-    "model.cond_dim=40": lambda m, t: (_train(m, t, "--set", "model.cond_dim=40"), [t / "new"], "not implemented yet"),
+    "model.cond_dim=40": lambda m, t: (_train(m, t, "--set", "model.cond_dim=40"), [t / "new"], "--condition attributes"),
     "--config not UTF-8": _config_not_utf8,
     "--batch-size > dataset": lambda m, t: (_train(m, t, "--batch-size", "1000"), [t / "new"], "fewer than one batch"),
     "model.in_channels=1": lambda m, t: (_train(m, t, "--set", "model.in_channels=1"), [t / "new"], "in_channels"),

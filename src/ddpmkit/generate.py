@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from ddpmkit.device import autocast
 from ddpmkit.diffusion import EpsModel, Prediction, eps_from_output
 from ddpmkit.samplers import PerImageNoise, Sampler, StepCallback, sample
+from ddpmkit.samplers.guidance import guided_eps
 from ddpmkit.schedule import NoiseSchedule
 
 
@@ -20,19 +21,24 @@ def eps_fn(
     *,
     prediction: Prediction,
     sched: NoiseSchedule,
+    cond: Optional[Tensor] = None,
+    guidance: float = 1.0,
 ) -> EpsModel:
     """Wrap the network as eps(x_t, t) in float32, with bf16 autocast on CUDA.
 
     prediction (the run's `diffusion.prediction`, required so no caller can forget a v-network):
     the output is turned into ε with the training schedule `sched`, so every sampler sees an ε-model.
-    """
 
-    def eps(x: Tensor, t: Tensor) -> Tensor:
+    cond: (K,) attribute condition for a conditional network (None: its null embedding, i.e.
+    unconditional), guided with weight `guidance` (samplers/guidance.py: 0 unconditional,
+    1 conditional, > 1 stronger)."""
+
+    def cond_eps(x: Tensor, t: Tensor, c: Optional[Tensor] = None, drop: Optional[Tensor] = None) -> Tensor:
         with autocast(device, precision):
-            out = model(x, t).float()
+            out = (model(x, t) if c is None else model(x, t, c, drop)).float()
         return eps_from_output(sched, x.float(), t, out, prediction)
 
-    return eps
+    return cond_eps if cond is None else guided_eps(cond_eps, cond, guidance)
 
 
 def generate(

@@ -34,10 +34,18 @@ class ModelConfig(_Section):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     num_groups: int = Field(32, ge=1, description="GroupNorm groups")
     head_channels: int = Field(0, ge=0, description="channels per attention head; 0 = one head")
-    cond_dim: int = Field(0, ge=0, description="conditioning vector size (e.g. 40 CelebA attributes); 0 = none")
+    cond_dim: int = Field(
+        0, ge=0, description="conditioning vector size; 0 = none. Derived from the data by train.condition "
+        "(the attribute count): leave it unset"
+    )
+    cond_names: tuple[str, ...] = Field(
+        (), description="the attribute of each condition entry (derived with cond_dim; sample --attr reads them)"
+    )
 
     @model_validator(mode="after")
     def _check_groups(self) -> "ModelConfig":
+        if self.cond_names and len(self.cond_names) != self.cond_dim:
+            raise ValueError(f"model.cond_names has {len(self.cond_names)} names for cond_dim {self.cond_dim}")
         for m in self.ch_mult:
             if (self.ch * m) % self.num_groups:
                 raise ValueError(f"ch*{m} = {self.ch * m} is not divisible by num_groups {self.num_groups}")
@@ -158,6 +166,18 @@ class TrainConfig(_Section):
     report: bool = Field(True, description="write report.html into the run at every checkpoint")
     tensorboard: bool = Field(
         False, description="also log scalars and sample grids for TensorBoard (pip install 'ddpmkit[tensorboard]')"
+    )
+    condition: Literal["none", "attributes"] = Field(
+        "none", description="none: unconditional; attributes: condition on the data's binary attributes "
+        "(CelebA's 40, the demo faces' 11) for classifier-free guidance; sets model.cond_dim"
+    )
+    p_uncond: float = Field(
+        0.1, ge=0.0, le=1.0, description="condition dropout: the fraction of examples trained with the null "
+        "embedding, so one network is also the unconditional model (Ho & Salimans 2022: 0.1-0.2)"
+    )
+    hide_attributes: bool = Field(
+        True, description="hide each attribute of an example (value 0 = unknown) with a probability drawn "
+        "uniformly per example, so that attributes left unspecified at sampling mean 'any'"
     )
 
 

@@ -64,9 +64,6 @@ class Settings(_Section):
             self.model.check_size(self.data.size)
         except ValueError as e:
             raise DdpmkitError(f"bad setting {e} (preset {self.preset!r})") from None
-        if self.model.cond_dim:
-            raise DdpmkitError(f"model.cond_dim {self.model.cond_dim}: conditional training is not implemented yet; "
-                               "use model.cond_dim=0")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -31,6 +31,13 @@ if TYPE_CHECKING:
 
 GRID_MAX = 64  # grid.png shows the first 64 images at most (8x8)
 RUN = "the run's settings"
+GUIDANCE = 3.0  # --guidance when --attr is given without it
+ATTR_HELP = ("Ask for an attribute of a conditional run (train --condition attributes): Name = present, -Name = "
+             "absent (repeatable; names as the run's attribute file, any case). Attributes not named are left "
+             "unspecified: 'any', as training hid attributes at random (train.hide_attributes).")
+GUIDANCE_HELP = ("Classifier-free guidance weight with --attr: 0 = the unconditional model, 1 = the plain "
+                 "conditional model, > 1 = the attributes more surely (fewer kinds of faces); works with every "
+                 "sampler. " + default_is(f"{GUIDANCE:g}"))
 
 
 @user_errors
@@ -49,6 +56,8 @@ def sample(
     no_ema: Annotated[bool, typer.Option("--no-ema", metavar="", help="Use the raw weights instead of the EMA.")] = False,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps. " + default_is("auto"), show_default=False)] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", metavar="", show_default=False, help="A bar in a terminal, plain lines when piped (default); --no-progress: neither.")] = True,  # noqa: E501
+    attr: Annotated[Optional[list[str]], typer.Option("--attr", metavar="[-]NAME", help=ATTR_HELP, show_default=False)] = None,  # noqa: E501
+    guidance: Annotated[Optional[float], typer.Option("--guidance", metavar="W", help=GUIDANCE_HELP, show_default=False)] = None,  # noqa: E501
     config: ConfigOpt = None,
     preset: PresetOpt = None,
     sets: SetOpt = None,
@@ -56,6 +65,8 @@ def sample(
     """Generate faces with a trained model: grid.png, images/*.png and (--gif) denoise.gif.
 
     Example: ddpmkit sample --n 64 --gif   (the newest run under runs/)
+
+    Conditional run: ddpmkit sample RUN --attr Smiling --attr Eyeglasses --attr -Male --guidance 3
     """
     # lazy: torch and the model code load when the command runs, not for `ddpmkit --help`
     from ddpmkit.checkpoint import load_model, resolve_checkpoint
@@ -70,9 +81,10 @@ def sample(
     options = {"n": n, "seed": seed, "sampler": sampler, "steps": steps, "eta": eta, "batch_size": batch_size}
     cfg = resolve_sample_config(settings.sample, settings.diffusion.timesteps, config, sets, options)
     check_options(cfg, scale)
+    cond, w, wanted = asked_condition(settings.model.cond_dim, settings.model.cond_names, attr or [], guidance)
     sched = NoiseSchedule.from_config(settings.diffusion).to(dev)
     smp = make_sampler(sched, cfg)
-    label = f"{Path(path).resolve().name}-step{step}-{cfg.sampler}{cfg.steps}-seed{cfg.seed}"
+    label = f"{Path(path).resolve().name}-step{step}-{cfg.sampler}{cfg.steps}-seed{cfg.seed}" + wanted
     out_dir = output_folder(out, force, cfg.out_dir / label)
     # everything is checked: from here on, output
     if checkpoint is None:
@@ -80,22 +92,24 @@ def sample(
     short = short_of_plan(resolve_checkpoint(path).path, step)
     if short:
         console.print(f"[yellow]warning:[/] {short}", soft_wrap=True)
-    console.print(f"sampling {cfg.n:,} images with {cfg.sampler} ({cfg.steps} steps) on {dev} from step {step:,}"
+    console.print(f"sampling {cfg.n:,} images{' (' + wanted[1:] + ')' if wanted else ''} with {cfg.sampler} ({cfg.steps} steps) on {dev} from step {step:,}"
                   f" into {out_dir}", markup=False)
     out_dir.mkdir(parents=True, exist_ok=True)
     shape = (settings.model.in_channels, settings.data.size, settings.data.size)
     writer = SampleWriter(out_dir, cfg.n, scale)
     draw(model, smp, sched, cfg, shape, dev, writer, gif=gif, progress=progress,
-         prediction=settings.diffusion.prediction)
+         prediction=settings.diffusion.prediction, cond=cond, guidance=w)
     files = "grid.png, images/" + (", denoise.gif" if gif else "")
     console.print(f"wrote {cfg.n:,} images in {time.perf_counter() - writer.t0:.1f}s to {out_dir} ({files})",
                   markup=False, soft_wrap=True)
 
 
 def draw(model: Any, smp: Any, sched: "NoiseSchedule", cfg: "SampleConfig", shape: tuple[int, int, int],
-         dev: Any, writer: "SampleWriter", *, gif: bool, progress: bool, prediction: str = "eps") -> None:
+         dev: Any, writer: "SampleWriter", *, gif: bool, progress: bool, prediction: str,
+         cond: Optional["Tensor"] = None, guidance: float = 1.0) -> None:
     """Sample cfg.n images batch by batch into `writer`, with progress; Ctrl-C keeps what is written.
-    prediction: the run's diffusion.prediction (a v-network's output becomes ε in `eps_fn`)."""
+    prediction: the run's diffusion.prediction (a v-network's output becomes ε in `eps_fn`).
+    cond: (K,) attributes for a conditional model, guided with weight `guidance` (None: unconditional)."""
     # lazy, as in sample(): torch loads when the command runs, not for `ddpmkit --help`
     from ddpmkit.generate import eps_fn, generate
     from ddpmkit.pictures import DenoiseRecorder
@@ -104,7 +118,8 @@ def draw(model: Any, smp: Any, sched: "NoiseSchedule", cfg: "SampleConfig", shap
     bar = Progress("sample", n_batches * len(smp.timesteps), mode="auto" if progress else "off", console=console,
                    info=f"images 0/{cfg.n:,}")
     recorder = DenoiseRecorder(smp.timesteps.tolist(), sched.alphas_cumprod, cfg.gif_frames) if gif else None
-    eps = counted(eps_fn(model, dev, prediction=prediction, sched=sched), lambda calls: writer.report(bar, calls))
+    eps = counted(eps_fn(model, dev, prediction=prediction, sched=sched, cond=cond, guidance=guidance),
+                  lambda calls: writer.report(bar, calls))
     batches = generate(eps, smp, cfg.n, shape, seed=cfg.seed, batch_size=cfg.batch_size, device=dev,
                        callback=recorder)
     try:
@@ -124,6 +139,28 @@ def check_options(cfg: "SampleConfig", scale: Optional[int]) -> None:
         raise DdpmkitError(f"--seed {cfg.seed} is out of range: 0 to {MAX_SEED:,}")
     if scale is not None and not 1 <= scale <= 64:
         raise DdpmkitError(f"--scale {scale} is out of range: a whole factor from 1 to 64")
+
+
+def asked_condition(cond_dim: int, names: tuple[str, ...], attrs: list[str],
+                    guidance: Optional[float]) -> tuple[Optional["Tensor"], float, str]:
+    """--attr and --guidance against the run's attributes: (condition (K,) or None, guidance weight,
+    a folder-name suffix such as "-attr_Eyeglasses+Smiling-Male-w3", "" without --attr). One-line errors."""
+    from ddpmkit.conditioning import attribute_label, attribute_vector  # lazy: imports torch
+
+    if not attrs:
+        if guidance is not None:
+            raise DdpmkitError("--guidance needs --attr: it weighs the asked attributes against none")
+        return None, 1.0, ""
+    if not cond_dim:
+        raise DdpmkitError("--attr: this run is unconditional (trained without --condition attributes); "
+                           "sample it without --attr")
+    if len(names) != cond_dim:
+        raise DdpmkitError(f"--attr: this run stores no attribute names for its {cond_dim} condition entries")
+    w = GUIDANCE if guidance is None else guidance
+    if not 0 <= w <= 100:
+        raise DdpmkitError(f"--guidance {w:g} is out of range: 0 (unconditional) to 100")
+    cond = attribute_vector(names, attrs)
+    return cond, w, f"-{attribute_label(names, cond)}-w{w:g}"
 
 
 def output_folder(out: Optional[Path], force: bool, default: Path) -> Path:

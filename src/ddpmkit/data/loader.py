@@ -17,7 +17,7 @@ together are the single-process batches of size B*world_size, in the same order.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -43,6 +43,8 @@ class ImageBatches:
     """Shuffled, flipped batches of (B, 3, H, W) float32 in [-1, 1] on `device`.
 
     images: (N, 3, H, W) uint8 in [0, 255], a torch tensor or a numpy array (memory maps welcome).
+    labels: optional (N, K) per-image labels (e.g. int8 attributes); then `epoch` yields pairs
+    (x, labels of the same images) instead of x alone. They are small: always on the device.
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class ImageBatches:
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = True,
+        labels: Optional[ArrayLike] = None,
     ) -> None:
         if images.ndim != 4 or images.shape[1] != 3 or images.dtype not in (np.uint8, torch.uint8):
             raise ValueError(f"images must be (N, 3, H, W) uint8, got {tuple(images.shape)} {images.dtype}")
@@ -68,6 +71,12 @@ class ImageBatches:
         self.hflip, self.seed, self.drop_last = hflip, seed, drop_last
         if self.n < self.global_batch and drop_last:
             raise ValueError(f"{self.n} images are fewer than one global batch of {self.global_batch}")
+        self._labels: torch.Tensor | None = None
+        if labels is not None:
+            if len(labels) != self.n:
+                raise ValueError(f"{len(labels)} label rows for {self.n} images")
+            lab = labels if isinstance(labels, torch.Tensor) else torch.from_numpy(np.array(labels))
+            self._labels = lab.to(self.device)
         nbytes = int(np.prod(images.shape))
         self.resident = _fits_on_device(nbytes, self.device)
         # resident: the whole array on the device; streamed: host array, two staging buffers
@@ -108,8 +117,9 @@ class ImageBatches:
         pos = torch.arange(start + self.rank * share, start + (self.rank + 1) * share)
         return 0, 0, torch.where(pos < self.n, pos, pos - size)
 
-    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[torch.Tensor]:
-        """Yield this rank's batches of epoch `epoch`, from batch `start_batch` on."""
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Any]:
+        """Yield this rank's batches of epoch `epoch`, from batch `start_batch` on: x, or
+        (x, labels) when the loader has labels (flips do not change them)."""
         perm, flips = self._order(epoch)
         if self.resident:
             perm, flips = perm.to(self.device), flips.to(self.device)
@@ -120,7 +130,8 @@ class ImageBatches:
             if self.hflip:
                 mask = flip.to(self.device, non_blocking=True).view(-1, 1, 1, 1)
                 x = torch.where(mask, x.flip(-1), x)
-            yield x.float().div_(127.5).sub_(1.0)  # [0, 255] -> [-1, 1]
+            x = x.float().div_(127.5).sub_(1.0)  # [0, 255] -> [-1, 1]
+            yield x if self._labels is None else (x, self._labels.index_select(0, idx.to(self.device)))
 
     def _gather(self, idx: torch.Tensor, b: int) -> torch.Tensor:
         """(B, 3, H, W) uint8 on the device."""

@@ -7,6 +7,10 @@ blush: enough structure for a diffusion model to learn, little enough for a tiny
 
 Face i is drawn from its own random stream seeded by (seed, i), so it does not depend on n:
 `make_faces(100, s)[:k]` equals `make_faces(k, s)`.
+
+Each face also records what was drawn as binary attributes named like CelebA's
+(`FACE_ATTRIBUTES`: +1 present, -1 absent), read off the same random draws: recording them
+draws nothing more, so the pixels are those of a face drawn without recording.
 """
 
 from __future__ import annotations
@@ -38,31 +42,63 @@ _IRIS: tuple[Color, ...] = ((70, 45, 25), (40, 30, 25), (60, 110, 170), (70, 120
 _HAIR_STYLES = ("bald", "cap", "fringe", "side", "long", "spiky", "bun")
 _HAIR_WEIGHTS = (0.06, 0.2, 0.18, 0.16, 0.22, 0.08, 0.1)
 
+# The recorded attributes, CelebA's names where they mean the same (Bangs: the fringe style;
+# Rosy_Cheeks: blush; Smiling: a smiling or open, grinning mouth; Eyeglasses: any glasses,
+# sunglasses too, as in CelebA). Hair colours name the natural _HAIR entries; a bald face has
+# no hair colour; red and the bright colours have no CelebA name.
+FACE_ATTRIBUTES: tuple[str, ...] = (
+    "Bald", "Bangs", "Black_Hair", "Blond_Hair", "Brown_Hair", "Eyeglasses", "Gray_Hair",
+    "Mouth_Slightly_Open", "Mustache", "Rosy_Cheeks", "Smiling",
+)
+_HAIR_NAME = {0: "Black_Hair", 1: "Black_Hair", 2: "Brown_Hair", 3: "Brown_Hair", 5: "Blond_Hair",
+              6: "Blond_Hair", 7: "Gray_Hair", 8: "Gray_Hair"}  # index in _HAIR -> attribute
+ATTRIBUTE_SIZE = 16  # a cheap side to draw at (every random draw is independent of the size; 4 px breaks PIL)
+
 
 def make_faces(n: int, size: int, seed: int = 0) -> torch.Tensor:
     """Draw n cartoon faces. Returns (n, 3, size, size) uint8 in [0, 255].
 
     Deterministic in (size, seed) for each face index; face i never depends on n.
     """
+    return make_faces_with_attributes(n, size, seed)[0]
+
+
+def make_faces_with_attributes(n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+    """`make_faces(n, size, seed)` and the faces' attributes: (n, len(FACE_ATTRIBUTES)) int8,
+    +1 present / -1 absent, columns in FACE_ATTRIBUTES order (independent of size)."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     if size < 4:
         raise ValueError(f"size must be >= 4, got {size}")
     out = np.empty((n, size, size, 3), dtype=np.uint8)
+    attrs = np.empty((n, len(FACE_ATTRIBUTES)), dtype=np.int8)
     for i in range(n):
-        out[i] = draw_face(size, seed, i)
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+        out[i], attrs[i] = draw_face_with_attributes(size, seed, i)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), attrs
+
+
+def face_attributes(n: int, seed: int = 0) -> np.ndarray:
+    """The attributes of faces 0..n-1 of stream `seed`, (n, len(FACE_ATTRIBUTES)) int8 in {-1, +1};
+    drawn at the smallest size (the attributes do not depend on it)."""
+    return make_faces_with_attributes(n, ATTRIBUTE_SIZE, seed)[1]
 
 
 def draw_face(size: int, seed: int, index: int) -> np.ndarray:
     """Face `index` of the stream `seed` as a (size, size, 3) uint8 array."""
+    return draw_face_with_attributes(size, seed, index)[0]
+
+
+def draw_face_with_attributes(size: int, seed: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Face `index` of the stream `seed`: (size, size, 3) uint8 and its (len(FACE_ATTRIBUTES),) int8."""
     # String seeding hashes with SHA-512: stable across runs and platforms, and no two
     # (seed, index) pairs share a stream.
     rng = random.Random(f"ddpmkit-faces:{seed}:{index}")
     S = size * SUPERSAMPLE
     img = _background(rng, S)
-    _Face(rng, ImageDraw.Draw(img), S).draw()
-    return np.asarray(img.reduce(SUPERSAMPLE))
+    face = _Face(rng, ImageDraw.Draw(img), S)
+    face.draw()
+    attrs = np.array([1 if name in face.present else -1 for name in FACE_ATTRIBUTES], dtype=np.int8)
+    return np.asarray(img.reduce(SUPERSAMPLE)), attrs
 
 
 # ---------------------------------------------------------------- colours
@@ -129,8 +165,13 @@ class _Face:
         self.ry = self.rx * r.uniform(1.12, 1.35)
         self.skin = _jitter(r, r.choice(_SKIN), 10)
         self.shade = _scale(self.skin, 0.78)  # outlines, nose, ears' inside
-        self.hair = _jitter(r, r.choice(_HAIR_FUN) if r.random() < 0.06 else r.choice(_HAIR), 12)
+        base = r.choice(_HAIR_FUN) if r.random() < 0.06 else r.choice(_HAIR)
+        self.hair = _jitter(r, base, 12)
         self.style = r.choices(_HAIR_STYLES, _HAIR_WEIGHTS)[0]
+        # FACE_ATTRIBUTES names of what is drawn (read off the draws, drawing nothing more)
+        self.present: set[str] = {"Bald"} if self.style == "bald" else {"Bangs"} if self.style == "fringe" else set()
+        if self.style != "bald" and base in _HAIR and _HAIR.index(base) in _HAIR_NAME:
+            self.present.add(_HAIR_NAME[_HAIR.index(base)])
 
     # unit -> pixel helpers
     def p(self, v: float) -> float:
@@ -159,6 +200,7 @@ class _Face:
         self._nose()
         self._mouth()
         if self.rng.random() < 0.18:
+            self.present.add("Eyeglasses")
             self._glasses(eye_y, eye_dx, eye_w)
 
     def _hair_back(self) -> None:
@@ -278,8 +320,10 @@ class _Face:
         mh = mw * r.uniform(0.3, 0.6)
         lip = _jitter(r, (170, 60, 70), 25)
         if r.random() < 0.12:  # moustache above the mouth
+            self.present.add("Mustache")
             d.chord(self.ell(mx, my - mh * 0.2, mw * 0.9, mh * 0.8), 180, 360, fill=self.hair)
         kind = r.choices(("smile", "open", "neutral", "frown"), (0.45, 0.25, 0.22, 0.08))[0]
+        self.present.update({"smile": ["Smiling"], "open": ["Smiling", "Mouth_Slightly_Open"]}.get(kind, []))
         width = self.w(r.uniform(0.012, 0.02))
         if kind == "smile":
             d.arc(self.ell(mx, my - mh, mw, mh * 1.2), 20, 160, fill=lip, width=width)
@@ -292,6 +336,7 @@ class _Face:
         else:
             d.arc(self.ell(mx, my + mh * 0.9, mw * 0.8, mh), 200, 340, fill=lip, width=width)
         if r.random() < 0.25:  # blush: a pinker patch of skin on each cheek
+            self.present.add("Rosy_Cheeks")
             blush = _mix(self.skin, (240, 120, 130), 0.35)
             for side in (-1, 1):
                 d.ellipse(self.ell(self.cx + side * self.rx * 0.55, my - self.ry * 0.22,

@@ -154,7 +154,7 @@ class UNet(nn.Module):
         """The U-Net that `cfg` (settings' model section, image_size resolved) describes."""
         if cfg.image_size is None:
             raise ValueError("model.image_size is unresolved: build the model from Settings, which take it from data.size")
-        return cls(**cfg.model_dump())
+        return cls(**cfg.model_dump(exclude={"cond_names"}))  # names mean nothing to the network
 
     def embed(self, t: Tensor, cond: Optional[Tensor] = None, drop_cond: Optional[Tensor] = None) -> Tensor:
         """Time (+ condition) embedding, (B, 4ch). Arguments as in `forward`."""
@@ -193,8 +193,8 @@ class UNet(nn.Module):
         t: (B,) long or float timestep indices in [0, T), or a scalar for the whole batch.
         cond: optional (B, cond_dim) condition (e.g. CelebA attributes), only when cond_dim > 0;
            None means the learned null (unconditional) embedding for every sample.
-        drop_cond: optional (B,) bool, True where the null embedding replaces cond (the
-           hook for condition dropout; ddpmkit's trainer does not train with a condition yet).
+        drop_cond: optional (B,) bool, True where the null embedding replaces cond (condition
+           dropout in training; the unconditional half of classifier-free guidance).
         Returns ε̂: (B, in_channels, H, W), in x's dtype unless autocast is on (then bf16/fp16).
         Raises ValueError on a wrong shape or on cond given to an unconditional model.
         """

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
+
+import numpy as np
 
 from ddpmkit.data import cache
 from ddpmkit.data.loader import ArrayLike
 from ddpmkit.data.prepare import prepare_dataset
-from ddpmkit.data.synthetic import make_faces
+from ddpmkit.data.synthetic import FACE_ATTRIBUTES, face_attributes, make_faces
+from ddpmkit.errors import DdpmkitError
 from ddpmkit.progress import make_console
 from ddpmkit.settings import DataConfig
 
@@ -51,3 +55,22 @@ def describe_data(info: dict[str, Any], split: str) -> str:
     split = (info.get("settings") or {}).get("split", split)
     layout = f" ({info['layout']} layout)" if info.get("layout") else ""
     return f"{info.get('dataset')}{layout} split {split}, {size}x{size} px, {count:,} images"
+
+
+def training_attributes(data_cfg: DataConfig, info: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
+    """The attributes of the images `load_training_images` returned (same order), for
+    train.condition=attributes: ((N, K) int8 in {-1, 0, +1}, 0 = no row; the K names).
+
+    synthetic: the generated faces' recorded attributes; celeba / folder: the cache's
+    attributes.npy. Raises DdpmkitError when the data have none."""
+    if info.get("dataset") == "synthetic":
+        return face_attributes(int(info["count"]), data_cfg.synthetic_seed), list(FACE_ATTRIBUTES)
+    names = list(info.get("attribute_names") or [])
+    path = Path(info["cache"]) / cache.ATTRIBUTES
+    if not names or not path.is_file():
+        raise DdpmkitError(f"train.condition=attributes: the prepared data {info['cache']} have no attributes "
+                           "(no list_attr_celeba.txt was found by prepare); train with --condition none")
+    attrs = np.load(path, allow_pickle=False)
+    if attrs.shape != (int(info["count"]), len(names)):
+        raise DdpmkitError(f"{path}: shape {attrs.shape} does not match {info['count']} images x {len(names)} names")
+    return attrs, names

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,7 +25,7 @@ from ddpmkit.nn import count_parameters
 from ddpmkit.progress import Mode
 from ddpmkit.schedule import NoiseSchedule
 from ddpmkit.settings import Settings, TrainConfig
-from ddpmkit.train.data import describe_data, load_training_images
+from ddpmkit.train.data import describe_data, load_training_images, training_attributes
 from ddpmkit.train.guard import RunGuard
 from ddpmkit.train.periodic import FidProbe, Periodic, PreviewGrids
 from ddpmkit.train.plan import cpu_alternative
@@ -91,8 +92,9 @@ def build_trainer(
     device = dist.device(tc.device)
     dist.join(device)
     images, data_info = _training_images(s, dist, main_log)
+    s, attributes = conditioning(s, data_info, main_log)
     batches = ImageBatches(images, tc.batch_size // dist.world_size, device=device, hflip=s.data.hflip,
-                           seed=tc.seed, rank=dist.rank, world_size=dist.world_size)
+                           seed=tc.seed, rank=dist.rank, world_size=dist.world_size, labels=attributes)
     total = total_steps(tc, len(batches))
     state = TrainState.new(s, device, dist.rank)
     sched = NoiseSchedule.from_config(s.diffusion).to(device)
@@ -120,6 +122,27 @@ def check_settings(settings: Settings, world_size: int) -> None:
         raise DdpmkitError("set how long to train: --epochs N or --max-steps N (train.epochs / train.max_steps)")
     if tc.batch_size % world_size:
         raise DdpmkitError(f"train.batch_size {tc.batch_size} is not divisible by the {world_size} processes")
+    if tc.condition == "none" and settings.model.cond_dim:
+        raise DdpmkitError(f"model.cond_dim {settings.model.cond_dim} without a condition: train with "
+                           "--condition attributes (train.condition), which sets model.cond_dim from the data")
+
+
+def conditioning(settings: Settings, info: dict[str, Any], log: Log) -> tuple[Settings, Optional[np.ndarray]]:
+    """train.condition=attributes: the settings with model.cond_dim and model.cond_names taken from
+    the data, and the (N, K) int8 attributes; says how many images have no attribute row (they
+    train unconditionally). Unconditional: the settings unchanged and None."""
+    if settings.train.condition == "none":
+        return settings, None
+    attributes, names = training_attributes(settings.data, info)
+    asked = settings.model.cond_dim
+    if asked and asked != len(names):
+        raise DdpmkitError(f"model.cond_dim {asked} differs from the data's {len(names)} attributes; leave it unset")
+    model = settings.model.model_copy(update={"cond_dim": len(names), "cond_names": tuple(names)})
+    settings = settings.model_copy(update={"model": model})
+    missing = int((attributes == 0).all(axis=1).sum())
+    log(f"conditioning on {len(names)} attributes (p_uncond {settings.train.p_uncond:g}); {missing:,} of "
+        f"{len(attributes):,} images have no attribute row and train unconditionally (null embedding)")
+    return settings, attributes
 
 
 def check_data(images: ArrayLike, settings: Settings) -> None:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ddpmkit.checkpoint import step_dir_name
+from ddpmkit.conditioning import draw_condition
 from ddpmkit.data.loader import ImageBatches
 from ddpmkit.device import DistInfo, autocast
 from ddpmkit.diffusion import sample_timesteps, training_loss
@@ -154,20 +155,26 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def train_step(self, x0: Tensor) -> Tensor:
-        """One optimizer step on this rank's slice of a global batch. x0: (b, 3, H, W) in [-1, 1].
+    def train_step(self, x0: Tensor, attributes: Optional[Tensor] = None) -> Tensor:
+        """One optimizer step on this rank's slice of a global batch. x0: (b, 3, H, W) in [-1, 1];
+        attributes: (b, K) in {-1, 0, +1} for a conditional run (conditioning.draw_condition).
         Returns the loss (a 0-d tensor on the device)."""
         c, st = self.cfg, self.state
         t_all = sample_timesteps(c.batch_size, self.sched.T, self.device, st.gen)
         noise_all = torch.randn((c.batch_size, *x0.shape[1:]), generator=st.gen, device=self.device)
         lo = self.dist.rank * self.local_batch
         t, noise = t_all[lo : lo + self.local_batch], noise_all[lo : lo + self.local_batch]
+        net: Callable[[Tensor, Tensor], Tensor] = self.net
+        if attributes is not None:
+            cond, drop = draw_condition(attributes, c.p_uncond, c.hide_attributes, st.gen,
+                                        global_batch=c.batch_size, offset=lo)
+            net = lambda xt, tt: self.net(xt, tt, cond, drop)  # noqa: E731
         if self.device.type == "cuda" and c.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
             noise = noise.contiguous(memory_format=torch.channels_last)
         set_lr(st.optimizer, lr_at(st.step, c.lr, c.warmup_steps, self.total, c.lr_decay))
         with autocast(self.device, c.precision):
-            loss = training_loss(self.net, self.sched, x0, t, noise, st.settings.diffusion.prediction,
+            loss = training_loss(net, self.sched, x0, t, noise, st.settings.diffusion.prediction,
                                  c.loss_weight, c.min_snr_gamma)
         st.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -205,8 +212,8 @@ class Trainer:
     def _loop(self) -> None:
         st = self.state
         while st.step < self.total and not self.interrupted:
-            for x0 in self.batches.epoch(st.epoch, start_batch=st.batch_in_epoch):
-                self.window.add(self.train_step(x0))
+            for batch in self.batches.epoch(st.epoch, start_batch=st.batch_in_epoch):
+                self.window.add(self.train_step(*batch) if isinstance(batch, tuple) else self.train_step(batch))
                 st.step += 1
                 st.batch_in_epoch += 1
                 for callback in self.on_step:
