@@ -51,6 +51,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--report", action="store_true", help="write the Markdown table of --out to --md, train nothing")
     p.add_argument("--md", type=Path, default=REPO / "benchmarks" / "results_quality.md", help="--report's output")
     p.add_argument("--name", help="the configuration's name (and its run directory under --run-root)")
+    p.add_argument("--eval-only", action="store_true",
+                   help="train nothing: evaluate the existing run RUN_ROOT/NAME (its final checkpoint and --evals-at)")
     p.add_argument("--preset", default="celeba32")
     p.add_argument("--steps", type=int, help="train.max_steps (also the lr schedule's length)")
     p.add_argument("--minutes", type=float, help="stop training after this much wall-clock")
@@ -78,7 +80,7 @@ def _ints(text: str) -> list[int]:
 
 
 def _check(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
-    if not a.name or not (a.steps or a.minutes):
+    if not a.name or not (a.steps or a.minutes or a.eval_only):
         p.error("--name and a budget (--steps and/or --minutes) are required")
     a.samplers = [s.strip() for s in a.sampler.split(",") if s.strip()]
     a.step_list = _ints(a.eval_steps)
@@ -93,7 +95,10 @@ def _check(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     if a.steps and any(s <= 0 or s > a.steps for s in a.evals):
         p.error("--evals-at: steps between 1 and --steps")
     a.run_dir = a.run_root / a.name
-    if a.run_dir.exists():
+    if a.eval_only:
+        if not (a.run_dir / "checkpoints").is_dir():
+            p.error(f"--eval-only: {a.run_dir} holds no checkpoints")
+    elif a.run_dir.exists():
         p.error(f"{a.run_dir} exists: choose another --name or --run-root, or delete it")
 
 
@@ -221,8 +226,11 @@ def _say(r: dict[str, Any]) -> None:
 
 def run(a: argparse.Namespace) -> list[dict[str, Any]]:
     load = load_average()
-    start, stopped = train(a)
+    # an existing run (--eval-only): its wall-clock from its own log, counted from its first record
+    start, stopped = (None, False) if a.eval_only else train(a)
     log, final = read_log(a.run_dir), final_step(a.run_dir)
+    if start is None:
+        start = log[0]["time"] if log else time.time()
     facts = _run_facts(a, load)
     records = []
     for step in [s for s in a.evals if s < final] + [final]:

@@ -374,7 +374,9 @@ def test_deterministic_samplers_ignore_the_generator():
 def test_sample_config_x0_and_the_old_clip_x0_flag():
     """x0 names the x̂_0 handling; clip_x0 (stored in older checkpoints) still loads and, when given,
     decides (True was DDIM's clip-and-recompute-ε), so `--set sample.clip_x0=false` still works."""
-    assert SampleConfig().x0 == "clip_eps" and SampleConfig().clip_x0
+    assert SampleConfig().x0 is None and SampleConfig().clip_x0  # None: each sampler's default
+    for name, cls in SAMPLERS.items():  # the default is the sampler's own, and a clamping one
+        assert make_sampler(sched_T(100), SampleConfig(sampler=name, steps=5)).x0 == cls.default_x0 != "none"
     assert SampleConfig(clip_x0=False).x0 == "none" and not SampleConfig(clip_x0=False).clip_x0
     assert SampleConfig.model_validate({"clip_x0": True, "spacing": "uniform"}).x0 == "clip_eps"
     stored = SampleConfig(x0="dynamic").model_dump()

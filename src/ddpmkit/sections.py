@@ -192,10 +192,11 @@ class SampleConfig(_Section):
     )
     eta: float = Field(0.0, ge=0.0, description="DDIM stochasticity: 0 = deterministic, 1 = DDPM-like")
     variance: Literal["fixed_small", "fixed_large"] = "fixed_small"
-    x0: Literal["none", "clip", "clip_eps", "dynamic"] = Field(
-        "clip_eps",
+    x0: Optional[Literal["none", "clip", "clip_eps", "dynamic"]] = Field(
+        None,
         description="what samplers do with the predicted x_0: none; clip to [-1, 1]; clip and recompute "
-        "eps from it (clip_eps); dynamic thresholding (Saharia et al. 2022, p = 0.995)",
+        "eps from it (clip_eps); dynamic thresholding (Saharia et al. 2022, p = 0.995); None = the "
+        "sampler's default, chosen by measurement (README: Samplers)",
     )
     n: int = Field(16, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -219,7 +220,8 @@ class SampleConfig(_Section):
 
     @property
     def clip_x0(self) -> bool:
-        """The older flag, read-only: whether x_0 is clamped in any way."""
+        """The older flag, read-only: whether x_0 is clamped in any way (None: the sampler's
+        default, which clamps for every sampler today)."""
         return self.x0 != "none"
 
 

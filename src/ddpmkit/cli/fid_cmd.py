@@ -134,7 +134,7 @@ def _generated_stats(path: Path, asked: Settings, ex, dev, config, sets, opts: d
         colour = ColourAccumulator()
         stats = ex.stats(colour.tap((to_uint8(x) for x in images), n))
     desc = {"kind": "checkpoint", "path": str(path), "sampler": cfg.sampler, "steps": cfg.steps, "eta": cfg.eta,
-            "seed": cfg.seed, "checkpoint_step": step, "x0": cfg.x0}
+            "seed": cfg.seed, "checkpoint_step": step, "x0": sampler.x0}
     return stats, desc, settings, colour.result()
 
 

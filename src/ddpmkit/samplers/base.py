@@ -33,8 +33,11 @@ class StepOutput:
     pred_x0: Tensor  # the current estimate of x_0, (B, C, H, W)
 
 
-def x0_mode(x0: "X0Mode | bool") -> X0Mode:
-    """An x̂_0 mode from its name, or from the old `clip_x0` flag (True: clip_eps, False: none)."""
+def x0_mode(x0: "X0Mode | bool | None", default: "X0Mode" = "clip_eps") -> X0Mode:
+    """An x̂_0 mode from its name, or from the old `clip_x0` flag (True: clip_eps, False: none);
+    None: `default` (a sampler's `default_x0`)."""
+    if x0 is None:
+        return default
     if isinstance(x0, bool):
         return "clip_eps" if x0 else "none"
     if x0 not in X0_MODES:
@@ -47,17 +50,19 @@ class Sampler(ABC):
 
     spacing None: the sampler's `default_spacing`, chosen on the analytic Gaussian fixture as the
     spacing whose error is never far from the best one's, over data sets and step counts 5-50
-    (benchmarks/results_sampler_accuracy.md).
+    (benchmarks/results_sampler_accuracy.md). x0 None: the sampler's `default_x0`, chosen by the
+    colours and FID of trained models' samples (benchmarks/results_quality.md).
     """
 
     name: str = "sampler"
     default_steps: Optional[int] = 50  # network calls when none are asked for; None = all T
     default_spacing: str = "trailing"
+    default_x0: "X0Mode" = "clip"
 
-    def __init__(self, sched: NoiseSchedule, spacing: Optional[str] = None, x0: "X0Mode | bool" = "clip_eps") -> None:
+    def __init__(self, sched: NoiseSchedule, spacing: Optional[str] = None, x0: "X0Mode | bool | None" = None) -> None:
         self.sched = sched
         self.spacing = spacing or self.default_spacing
-        self.x0 = x0_mode(x0)
+        self.x0 = x0_mode(x0, self.default_x0)
         self.timesteps: Tensor = torch.empty(0, dtype=torch.long)  # on the host: loop control only
 
     @classmethod

@@ -29,7 +29,7 @@ class DDIMSampler(Sampler):
     default_spacing = "trailing"  # measured (benchmarks/results_sampler_accuracy.md)
 
     def __init__(
-        self, sched: NoiseSchedule, spacing: str | None = None, eta: float = 0.0, x0: X0Mode | bool = "clip_eps"
+        self, sched: NoiseSchedule, spacing: str | None = None, eta: float = 0.0, x0: X0Mode | bool | None = None
     ) -> None:
         super().__init__(sched, spacing, x0)
         self.eta = float(eta)

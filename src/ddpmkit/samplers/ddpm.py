@@ -29,7 +29,7 @@ class DDPMSampler(Sampler):
         sched: NoiseSchedule,
         spacing: str | None = None,
         variance: str = "fixed_small",
-        x0: X0Mode | bool = "clip_eps",
+        x0: X0Mode | bool | None = None,
     ) -> None:
         super().__init__(sched, spacing, x0)
         self.variance = variance

@@ -52,7 +52,7 @@ class DPMSolverPPSampler(Sampler):
         self,
         sched: NoiseSchedule,
         spacing: str | None = None,
-        x0: X0Mode | bool = "clip_eps",
+        x0: X0Mode | bool | None = None,
         first_order_into_zero: bool = True,
     ) -> None:
         super().__init__(sched, spacing, x0)
