@@ -52,7 +52,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--md", type=Path, default=REPO / "benchmarks" / "results_quality.md", help="--report's output")
     p.add_argument("--name", help="the configuration's name (and its run directory under --run-root)")
     p.add_argument("--eval-only", action="store_true",
-                   help="train nothing: evaluate the existing run RUN_ROOT/NAME (its final checkpoint and --evals-at)")
+                   help="train nothing: evaluate the existing run RUN_ROOT/NAME (its final checkpoint and --evals-at); "
+                   "--set then only labels the rows with the settings it was trained with")
     p.add_argument("--preset", default="celeba32")
     p.add_argument("--steps", type=int, help="train.max_steps (also the lr schedule's length)")
     p.add_argument("--minutes", type=float, help="stop training after this much wall-clock")

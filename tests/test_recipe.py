@@ -245,9 +245,10 @@ def test_power_ema_resumes_as_the_uninterrupted_run(tmp_path):
 def test_a_run_cannot_resume_as_another_prediction():
     from ddpmkit.train.state import architecture_change
 
-    eps_run = build_settings(preset="demo")
+    eps_run = build_settings(preset="demo", overrides={"diffusion": {"prediction": "eps"}})
     v_run = build_settings(preset="demo", overrides={"diffusion": {"prediction": "v"}})
     assert architecture_change(eps_run, v_run) == "diffusion.prediction (eps in the run, v asked)"
     # the loss weighting and the EMA are training choices: they may change on resume
-    other = build_settings(preset="demo", overrides={"train": {"loss_weight": "min_snr", "ema": "power"}})
+    other = build_settings(preset="demo", overrides={"diffusion": {"prediction": "eps"},
+                                                      "train": {"loss_weight": "uniform", "ema": "power"}})
     assert architecture_change(eps_run, other) is None
