@@ -18,7 +18,7 @@ from typing_extensions import Annotated
 
 from ddpmkit.cli.common import (ConfigOpt, PresetOpt, SetOpt, console, default_is, newest_run, resolve_settings,
                                 user_errors)
-from ddpmkit.cli.sample_cmd import counted, output_folder, short_of_plan
+from ddpmkit.cli.sample_cmd import counted, output_folder, say_which_run
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.sections import MAX_SEED
 
@@ -63,18 +63,60 @@ def inpaint(
 
     Examples:
       ddpmkit inpaint face.jpg --mask eyes --gif      (the newest run under runs/)
-      ddpmkit inpaint runs/celeba64 face.jpg --mask mask.png --n 8
       ddpmkit inpaint face.jpg --mask random --resample 1 --jump 1   (replacement, no resampling)
       ddpmkit inpaint demo:3 --mask mouth --n 8    (a generated demo face: no file needed)
     The model comes from RUN; --preset, --config and --set describe foreign weights only.
     """
     # lazy: torch and the model code load when the command runs, not for `ddpmkit --help`
-    from ddpmkit.checkpoint import load_model, resolve_checkpoint
-    from ddpmkit.device import resolve_device
     from ddpmkit.masks import MASKS
+
+    run, image, demo, path, model, settings, step, dev = load_inputs(run, image, config, preset, sets, device, no_ema)
+    T = settings.diffusion.timesteps
+    steps = min(STEPS, T) if steps is None else steps
+    check_options(n, steps, jump, resample, seed, batch_size, T)
+    pixels, fill = image_and_mask(image, demo, mask, seed, settings)
+    sched, repaint = repaint_chain(settings, dev, steps, jump, resample)
+    mask_name = mask.lower() if mask.lower() in MASKS else "mask-" + Path(mask).stem
+    stem = f"demo{demo.group(1)}" if demo is not None else image.stem
+    label = f"{Path(path).resolve().name}-step{step}-{stem}-{mask_name}-repaint{steps}-j{jump}-r{resample}-seed{seed}"
+    out_dir = output_folder(out, force, settings.sample.out_dir.parent / "inpaint" / label)
+    # everything is checked: from here on, output
+    say_which_run(run is None, path, step, "inpainting with")
+    console.print(f"inpainting {n} fill(s) of {image} ({settings.data.size} px, "
+             f"{float(fill.float().mean()):.0%} masked) with RePaint ({steps} steps, jump {jump}, resample "
+             f"{resample}: {len(repaint):,} network calls a batch) on {dev} into {out_dir}",
+                  markup=False, soft_wrap=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    fills = draw_fills(model, repaint, sched.alphas_cumprod, pixels, fill, n=n, seed=seed,
+                       batch_size=batch_size or settings.sample.batch_size, dev=dev, out_dir=out_dir,
+                       gif_frames=settings.sample.gif_frames if gif else 0, progress=progress,
+                       prediction=settings.diffusion.prediction)
+    write_pictures(out_dir, pixels, fill, fills)
+    files = "grid.png, fills/, input.png, mask.png" + (", denoise.gif" if gif else "")
+    console.print(f"wrote {n} fill(s) in {time.perf_counter() - t0:.1f}s to {out_dir} ({files})",
+                  markup=False, soft_wrap=True)
+
+
+def repaint_chain(settings: "Settings", dev: Any, steps: int, jump: int, resample: int) -> tuple[Any, Any]:
+    """The run's schedule on `dev` and RePaint over its DDPM chain respaced to `steps` (the run's
+    spacing, variance and x̂_0 handling)."""
     from ddpmkit.samplers import DDPMSampler
     from ddpmkit.samplers.repaint import RePaint
     from ddpmkit.schedule import NoiseSchedule
+
+    sched = NoiseSchedule.from_config(settings.diffusion).to(dev)
+    smp = DDPMSampler(sched, settings.sample.spacing, settings.sample.variance, settings.sample.x0)
+    smp.set_timesteps(steps)
+    return sched, RePaint(smp, jump, resample)
+
+
+def load_inputs(run: Optional[Path], image: Optional[Path], config: Any, preset: Any, sets: Any,
+                device: Optional[str], no_ema: bool) -> tuple[Any, ...]:
+    """RUN and IMAGE sorted out (one positional means IMAGE), the image checked before the model
+    loads, then the model: (run, image, demo match, path, model, settings, step, device)."""
+    from ddpmkit.checkpoint import load_model
+    from ddpmkit.device import resolve_device
 
     if image is None:
         if run is None:
@@ -87,38 +129,7 @@ def inpaint(
     dev = resolve_device(asked.train.device)
     path = run if run is not None else newest_run(need_checkpoint=True)
     model, settings, step = load_model(path, dev, use_ema=not no_ema, fallback_settings=asked)
-    T, size = settings.diffusion.timesteps, settings.data.size
-    steps = min(STEPS, T) if steps is None else steps
-    check_options(n, steps, jump, resample, seed, batch_size, T)
-    pixels, fill = image_and_mask(image, demo, mask, seed, settings)
-    sched = NoiseSchedule.from_config(settings.diffusion).to(dev)
-    smp = DDPMSampler(sched, settings.sample.spacing, settings.sample.variance, settings.sample.x0)
-    smp.set_timesteps(steps)
-    repaint = RePaint(smp, jump, resample)
-    mask_name = mask.lower() if mask.lower() in MASKS else "mask-" + Path(mask).stem
-    stem = f"demo{demo.group(1)}" if demo is not None else image.stem
-    label = (f"{Path(path).resolve().name}-step{step}-{stem}-{mask_name}-repaint{steps}-j{jump}-r{resample}"
-             f"-seed{seed}")
-    out_dir = output_folder(out, force, settings.sample.out_dir.parent / "inpaint" / label)
-    # everything is checked: from here on, output
-    if run is None:
-        console.print(f"inpainting with the newest run: {path} (step {step:,})", markup=False)
-    short = short_of_plan(resolve_checkpoint(path).path, step)
-    if short:
-        console.print(f"[yellow]warning:[/] {short}", soft_wrap=True)
-    console.print(f"inpainting {n} fill(s) of {image} ({size} px, {float(fill.float().mean()):.0%} masked) with "
-                  f"RePaint ({steps} steps, jump {jump}, resample {resample}: {len(repaint):,} network calls a "
-                  f"batch) on {dev} into {out_dir}", markup=False, soft_wrap=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    fills = draw_fills(model, repaint, sched.alphas_cumprod, pixels, fill, n=n, seed=seed,
-                       batch_size=batch_size or settings.sample.batch_size, dev=dev, out_dir=out_dir,
-                       gif_frames=settings.sample.gif_frames if gif else 0, progress=progress,
-                       prediction=settings.diffusion.prediction)
-    write_pictures(out_dir, pixels, fill, fills)
-    files = "grid.png, fills/, input.png, mask.png" + (", denoise.gif" if gif else "")
-    console.print(f"wrote {n} fill(s) in {time.perf_counter() - t0:.1f}s to {out_dir} ({files})",
-                  markup=False, soft_wrap=True)
+    return run, image, demo, path, model, settings, step, dev
 
 
 def check_options(n: int, steps: int, jump: int, resample: int, seed: int, batch_size: Optional[int], T: int) -> None:
@@ -214,7 +225,8 @@ def draw_fills(model: Any, repaint: Any, alphas_cumprod: "Tensor", pixels: "Tens
                    info=f"fills 0/{n}")
     recorder = DenoiseRecorder(repaint.sampler.timesteps.tolist(), alphas_cumprod, gif_frames) if gif_frames else None
     done, outs = 0, []
-    eps = counted(eps_fn(model, dev, prediction=prediction, sched=repaint.sampler.sched), lambda calls: bar.update(calls, f"fills {done}/{n}"))
+    eps = counted(eps_fn(model, dev, prediction=prediction, sched=repaint.sampler.sched),
+                  lambda calls: bar.update(calls, f"fills {done}/{n}"))
     (out_dir / "fills").mkdir(exist_ok=True)
     while done < n:
         b = min(batch_size, n - done)

@@ -17,7 +17,7 @@ from typing_extensions import Annotated
 
 from ddpmkit.cli.common import (ConfigOpt, PresetOpt, SetOpt, console, default_is, newest_run, resolve_sample_config,
                                 resolve_settings, user_errors)
-from ddpmkit.cli.sample_cmd import counted, output_folder, short_of_plan
+from ddpmkit.cli.sample_cmd import counted, output_folder, say_which_run
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.progress import Progress
 from ddpmkit.sections import MAX_SEED
@@ -99,7 +99,7 @@ def interpolate(
     The starting noises are slerped (spherical interpolation) and decoded with DDIM, η = 0.
     """
     # lazy: torch and the model code load when the command runs, not for `ddpmkit --help`
-    from ddpmkit.checkpoint import load_model, resolve_checkpoint
+    from ddpmkit.checkpoint import load_model
     from ddpmkit.device import resolve_device
 
     pair = check_options(seeds, images, frames, refine, scale)
@@ -113,11 +113,7 @@ def interpolate(
     out_dir = output_folder(out, force, cfg.out_dir / label)
     ends_x = read_ends(pair, images is not None, settings)
     # everything is checked: from here on, output
-    if checkpoint is None:
-        console.print(f"interpolating with the newest run: {path} (step {step:,})", markup=False)
-    short = short_of_plan(resolve_checkpoint(path).path, step)
-    if short:
-        console.print(f"[yellow]warning:[/] {short}", soft_wrap=True)
+    say_which_run(checkpoint is None, path, step, "interpolating with")
     how = f"seeds {pair[0]} and {pair[1]}" if images is None else f"{pair[0]} and {pair[1]} (DDIM inversion)"
     console.print(f"interpolating {frames} frames between {how} with ddim ({cfg.steps} steps) on {dev} from step"
                   f" {step:,} into {out_dir}", markup=False, soft_wrap=True)

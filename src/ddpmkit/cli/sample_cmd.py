@@ -69,7 +69,7 @@ def sample(
     Conditional run: ddpmkit sample RUN --attr Smiling --attr Eyeglasses --attr -Male --guidance 3
     """
     # lazy: torch and the model code load when the command runs, not for `ddpmkit --help`
-    from ddpmkit.checkpoint import load_model, resolve_checkpoint
+    from ddpmkit.checkpoint import load_model
     from ddpmkit.device import resolve_device
     from ddpmkit.samplers import make_sampler
     from ddpmkit.schedule import NoiseSchedule
@@ -87,11 +87,7 @@ def sample(
     label = f"{Path(path).resolve().name}-step{step}-{cfg.sampler}{cfg.steps}-seed{cfg.seed}" + wanted
     out_dir = output_folder(out, force, cfg.out_dir / label)
     # everything is checked: from here on, output
-    if checkpoint is None:
-        console.print(f"sampling from the newest run: {path} (step {step:,})", markup=False)
-    short = short_of_plan(resolve_checkpoint(path).path, step)
-    if short:
-        console.print(f"[yellow]warning:[/] {short}", soft_wrap=True)
+    say_which_run(checkpoint is None, path, step, "sampling from")
     console.print(f"sampling {cfg.n:,} images{' (' + wanted[1:] + ')' if wanted else ''} with {cfg.sampler} ({cfg.steps} steps) on {dev} from step {step:,}"
                   f" into {out_dir}", markup=False)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -182,6 +178,18 @@ def output_folder(out: Optional[Path], force: bool, default: Path) -> Path:
             raise DdpmkitError(f"cannot write into {p} (permission denied): choose another --out")
         break
     return target
+
+
+def say_which_run(newest: bool, path: Path, step: int, doing: str) -> None:
+    """Say which run a command took when it took the newest one ("sampling from the newest run:
+    ..."), and warn when the checkpoint is far short of its run's plan (`short_of_plan`)."""
+    from ddpmkit.checkpoint import resolve_checkpoint
+
+    if newest:
+        console.print(f"{doing} the newest run: {path} (step {step:,})", markup=False)
+    short = short_of_plan(resolve_checkpoint(path).path, step)
+    if short:
+        console.print(f"[yellow]warning:[/] {short}", soft_wrap=True)
 
 
 def short_of_plan(ckpt: Path, step: int) -> Optional[str]:
