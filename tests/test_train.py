@@ -163,7 +163,7 @@ def test_fid_during_training_is_logged_beside_the_loss(tmp_path):
     assert len(fids) == 1 and fids[0]["step"] == 2 and fids[0]["fid_n"] == 6
     assert fids[0]["fid"] > 0
     # the reference statistics of the generated faces are cached for the next evaluation
-    assert len(list((tmp_path / "cache" / "fid").glob("*synthetic*"))) == 1
+    assert len(list((tmp_path / "cache" / "fid").glob("synthetic*.npz"))) == 1
 
 
 def test_learning_rate_warms_up_then_stays_or_decays():
