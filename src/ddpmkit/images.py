@@ -207,6 +207,14 @@ def save_gif(
     return path
 
 
+def require_file(path: Path) -> None:
+    """Raise DdpmkitError unless `path` is an existing file (not found / a directory), one line."""
+    if not path.exists():
+        raise DdpmkitError(f"image not found: {path}")
+    if path.is_dir():
+        raise DdpmkitError(f"expected an image file, got a directory: {path}")
+
+
 def load_image(path: Path | str, size: int | None = None) -> Tensor:
     """Read an image file as (1, 3, S, S) float32 in [-1, 1].
 
@@ -216,10 +224,7 @@ def load_image(path: Path | str, size: int | None = None) -> Tensor:
     Raises DdpmkitError naming the path if it is missing or not a readable image.
     """
     path = Path(path)
-    if not path.exists():
-        raise DdpmkitError(f"image not found: {path}")
-    if path.is_dir():
-        raise DdpmkitError(f"expected an image file, got a directory: {path}")
+    require_file(path)
     try:
         with Image.open(path) as im:
             im.load()  # decode now, so a truncated file fails here and not later

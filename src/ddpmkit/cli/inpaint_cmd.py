@@ -178,11 +178,9 @@ def read_image(path: Path, crop_size: Optional[tuple[str, int]]) -> tuple["Tenso
     from PIL import Image, UnidentifiedImageError
 
     from ddpmkit.data.crops import load_square
+    from ddpmkit.images import require_file
 
-    if not path.exists():
-        raise DdpmkitError(f"image not found: {path}")
-    if path.is_dir():
-        raise DdpmkitError(f"expected an image file, got a directory: {path}")
+    require_file(path)
     try:
         with Image.open(path) as im:
             size = im.size
