@@ -89,3 +89,22 @@ def test_rate_excludes_the_first_window_and_wall_counts_from_launch():
            {"step": 15, "img_per_s": 60.0, "time": 130.0}, {"step": 20, "img_per_s": 70.0, "time": 140.0}]
     assert quality_cpu.steady_rate(log, 20) == 60.0 and quality_cpu.steady_rate(log, 10) == 50.0
     assert quality_cpu.wall_at(log, 15, start=100.0) == 30.0 and quality_cpu.wall_at(log, 17, 100.0) == 30.0
+
+
+def test_quality_figures_curves_and_rows(tmp_path: Path) -> None:
+    """quality_figures: the FID rows of one name, in step order, and the curves picture drawn from a
+    run's log (loss panel + FID panel side by side)."""
+    import quality_figures
+    from PIL import Image
+
+    jsonl = tmp_path / "runs.jsonl"
+    rows = [_record(name="a", step=200, fid=90.0), _record(name="b", step=100, fid=1.0), _record(name="a", step=100, fid=120.0)]
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = quality_figures.fid_rows(jsonl, "a")
+    assert [(r["step"], r["fid"]) for r in got] == [(100, 120.0), (200, 90.0)]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 40)))
+    one = quality_figures.curves(run, [])
+    two = quality_figures.curves(run, got)
+    assert isinstance(two, Image.Image) and two.width > one.width and two.height == one.height

@@ -259,3 +259,13 @@ def test_a_failing_section_does_not_cost_the_page(run, tmp_path, monkeypatch):
     check_self_contained(text)
     assert "could not build this section: RuntimeError: plotting exploded" in section_text(text, "curves")
     assert "EMA samples at step 6" in section_text(text, "samples")
+
+
+def test_loss_title_names_the_runs_loss() -> None:
+    """The loss chart says what was minimised: L_simple only for ε with uniform weights."""
+    from ddpmkit.report.sections import loss_title
+
+    assert loss_title({"diffusion": {"prediction": "eps"}, "train": {"loss_weight": "uniform"}}) == "loss (L_simple, MSE of ε)"
+    assert loss_title({}) == "loss (L_simple, MSE of ε)"  # settings of old runs: the papers' defaults
+    v = loss_title({"diffusion": {"prediction": "v"}, "train": {"loss_weight": "min_snr"}})
+    assert "MSE of v" in v and "min-SNR" in v

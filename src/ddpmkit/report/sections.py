@@ -76,12 +76,22 @@ def _data_line(data: dict[str, Any], info: dict[str, Any]) -> str:
     return f"{kind}{split}, {size}x{size} px" + (f", {count:,} images" if isinstance(count, int) else "")
 
 
+def loss_title(config: dict) -> str:
+    """What the logged loss is, from the run's settings: the MSE of its prediction target, weighted."""
+    target = (config.get("diffusion", {}) or {}).get("prediction", "eps")
+    weight = (config.get("train", {}) or {}).get("loss_weight", "uniform")
+    if target == "eps" and weight == "uniform":
+        return "loss (L_simple, MSE of ε)"
+    name = {"eps": "ε", "v": "v"}.get(target, str(target))
+    return f"loss (MSE of {name}, {'min-SNR weighted' if weight == 'min_snr' else weight + ' weights'})"
+
+
 def curves_section(run: RunData) -> Section:
     log = run.train_log
     if not log:
         return "curves", "Training curves", note("No training steps logged yet.")
     steps = [r["step"] for r in log]
-    parts = [img(plots.raw_and_smoothed(steps, [r["loss"] for r in log], "loss (L_simple, MSE of ε)", "loss",
+    parts = [img(plots.raw_and_smoothed(steps, [r["loss"] for r in log], loss_title(run.config), "loss",
                                         log_y=True), "image/png", "loss curve")]
     lr = [(r["step"], r["lr"]) for r in log if isinstance(r.get("lr"), (int, float))]
     if lr:
