@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image, ImageDraw
 
 from ddpmkit.checkpoint import load_model
@@ -31,6 +30,7 @@ from ddpmkit.data.cache import open_images
 from ddpmkit.generate import eps_fn, generate
 from ddpmkit.images import make_grid_image, save_png, scale_nearest
 from ddpmkit.report import plots
+from ddpmkit.report.collect import read_run
 from ddpmkit.report.sections import loss_title
 from ddpmkit.samplers import make_sampler
 from ddpmkit.schedule import NoiseSchedule
@@ -94,12 +94,10 @@ def fid_rows(jsonl: Path, name: str) -> list[dict]:
 
 
 def curves(run: Path, rows: list[dict]) -> Image.Image:
-    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
-    log = [r for r in log if "loss" in r]
-    config_file = run / "config.yaml"
-    config = (yaml.safe_load(config_file.read_text()) or {}) if config_file.is_file() else {}
-    loss = plots.raw_and_smoothed([r["step"] for r in log], [r["loss"] for r in log], loss_title(config), "loss",
-                                  log_y=True)
+    """The loss panel (the run's log, read as the report reads it) and, given rows, the FID panel."""
+    data = read_run(run)
+    steps, losses = [r["step"] for r in data.train_log], [r["loss"] for r in data.train_log]
+    loss = plots.raw_and_smoothed(steps, losses, loss_title(data.config), "loss", log_y=True)
     panels = [Image.open(io.BytesIO(loss)).convert("RGB")]
     if rows:
         label = f"FID ({rows[0]['n']:,} samples, {rows[0]['sampler']} {rows[0]['steps']})"

@@ -104,6 +104,7 @@ def test_quality_figures_curves_and_rows(tmp_path: Path) -> None:
     assert [(r["step"], r["fid"]) for r in got] == [(100, 120.0), (200, 90.0)]
     run = tmp_path / "run"
     run.mkdir()
+    (run / "config.yaml").write_text("diffusion: {prediction: v}\ntrain: {loss_weight: min_snr}\n")
     (run / "log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 40)))
     one = quality_figures.curves(run, [])
     two = quality_figures.curves(run, got)
