@@ -161,15 +161,20 @@ def reference_stats(cache: Path, work: Path, main: Path, n_ref: int, weights: Pa
 
 
 def plan_parts(weight_bytes: int, repo: int, main_bytes: int, pack_min: int) -> list[int]:
-    """Piece sizes of the weights: full device calls first, the last piece beside main/ and the pack."""
+    """Piece sizes of the weights: each piece but the last fills a device call of its own (gpu_ferry.sh);
+    the last travels with main/ and leaves room for at least `pack_min` bytes of pack."""
     room = LIMIT_BYTES - MARGIN_BYTES - repo
-    sizes, left = [], weight_bytes
-    while left > room - main_bytes - pack_min:
-        if room <= 0:
-            fail(f"the repository alone ({mib(repo)}) fills a device call")
-        sizes.append(min(room, left))
-        left -= sizes[-1]
-    return sizes + ([left] if left else [])
+    if room <= 0:
+        fail(f"the repository alone ({mib(repo)}) fills a device call")
+    last_room = room - main_bytes - pack_min
+    if last_room <= 0:
+        fail(f"main/ ({mib(main_bytes)}) and the smallest pack ({mib(pack_min)}) do not fit beside the repository")
+    ferries = max(0, -(-(weight_bytes - last_room) // room))
+    last = weight_bytes - ferries * room
+    if last <= 0:  # the ferried calls could hold every byte: the check's call keeps a small piece, the pack the room
+        last = min(last_room, 2**20, weight_bytes)
+    rest = weight_bytes - last
+    return [min(room, rest - i * room) for i in range(ferries)] + [last]
 
 
 def split_weights(weights: Path, bundle: Path, sizes: list[int]) -> list[dict[str, Any]]:

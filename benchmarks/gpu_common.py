@@ -82,7 +82,7 @@ class Profile:
 
 
 GPU = Profile(
-    tiny=False, subset=4096, n_train_max=4096, n_train_min=512, batch=128, n_ref=2048, model_sets=(),
+    tiny=False, subset=4096, n_train_max=4096, n_train_min=256, batch=128, n_ref=2048, model_sets=(),
     train_budget_s=100.0, train_min_records=2, log_every=50, n_fid=2000, sample_batch=500,
     # the preset warms the learning rate up over 5,000 steps; a 100 s run is ~2,000 steps
     train_sets=("train.warmup_steps=200",),

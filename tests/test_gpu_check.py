@@ -139,6 +139,11 @@ def test_the_weights_are_cut_to_fill_the_first_calls_and_leave_room_in_the_last(
     assert sizes == [room, 92 * mib - room] and sum(sizes) == 92 * mib
     assert gpu_bundle.plan_parts(10 * mib, 1 * mib, 25 * mib, 4 * mib) == [10 * mib]  # one call is enough
     assert len(gpu_bundle.plan_parts(200 * mib, 1 * mib, 25 * mib, 4 * mib)) == 4
+    # the 2026-11-29 bundle: the second piece does not fit beside main/ and the pack, so a third call is planned
+    sizes = gpu_bundle.plan_parts(95_743_191, int(3.5 * mib), 25 * mib, 5 * mib)
+    room = gpu_common.LIMIT_BYTES - gpu_common.MARGIN_BYTES - int(3.5 * mib)
+    assert len(sizes) == 3 and sum(sizes) == 95_743_191 and max(sizes) <= room
+    assert sizes[-1] <= room - 25 * mib - 5 * mib
 
 
 @pytest.mark.cuda
