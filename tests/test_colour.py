@@ -98,6 +98,11 @@ def test_source_colour_is_cached_beside_the_fid_statistics(tmp_path):
     path.write_text("{not json")
     fixed, _, reused = source_colour(src, tmp_path)
     assert not reused and fixed == c
+    # the same images under another label (a cache prepared again: a new name, the same pixels): found by key
+    from dataclasses import replace
+
+    renamed, path4, reused = source_colour(replace(src, label="synthetic-renamed"), tmp_path)
+    assert reused and path4 == path and renamed == c
 
 
 @pytest.mark.slow

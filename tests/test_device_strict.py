@@ -129,8 +129,8 @@ def target(request) -> Target:
     return request.param
 
 
-def tiny_model() -> UNet:
-    return UNet.from_config(ModelConfig(**TINY["model"]))
+def tiny_model(**model: object) -> UNet:
+    return UNet.from_config(ModelConfig(**{**TINY["model"], **model}))
 
 
 def device_schedule(target: Target, T: int = 1000) -> NoiseSchedule:
@@ -276,11 +276,15 @@ def test_repaint(target):
 # ----------------------------------------------------------------------------- network and training
 
 
-def test_unet_forward_and_backward(target):
-    model = tiny_model().to(target.device)
+@pytest.mark.parametrize("scale_shift", [False, True])
+def test_unet_forward_and_backward(target, scale_shift):
+    # scale-shift is tried as conditioning uses it: with an attribute vector and the null embedding
+    model = tiny_model(scale_shift=scale_shift, cond_dim=3 if scale_shift else 0).to(target.device)
     x = torch.randn(2, 3, 16, 16, device=target.device)
+    cond = torch.randn(2, 3, device=target.device) if scale_shift else None
+    drop = torch.tensor([True, False], device=target.device) if scale_shift else None
     with target.strict():
-        out = model(x, torch.tensor([3, 900], device=target.device))
+        out = model(x, torch.tensor([3, 900], device=target.device), cond, drop_cond=drop)
         out.float().square().mean().backward()
     want = torch.bfloat16 if target.precision == "bf16" else torch.float32
     check(out, target, (2, 3, 16, 16), want)

@@ -251,6 +251,9 @@ def test_stats_cache_is_reused_and_invalidated(tmp_path):
     np.savez(path3, mu=np.zeros(3), sigma=np.eye(3))
     _, _, reused = cached_stats(cache, "imgs", ident(), compute)
     assert not reused and len(calls) == 5
+    # asked for under another label (a cache prepared again: a new name, the same pixels): found by key
+    _, path4, reused = cached_stats(cache, "imgs-prepared-again", ident(), compute)
+    assert reused and path4 == path3 and len(calls) == 5
 
 
 # ----------------------------------------------------------------------------- monitor and CLI
@@ -286,17 +289,17 @@ def test_cli_folder_against_cached_reference(folders, feats, tmp_path):
     cache_dir = tmp_path / "cache"
     out = tmp_path / "fid.json"
     args = [
-        str(folders["noise"]), str(folders["val"]), "--n", "20", "--device", "cpu", "--batch-size", "40",
+        str(folders["noise"]), str(folders["val_cmp"]), "--n", "20", "--device", "cpu", "--batch-size", "40",
         "--set", f"fid.weights={WEIGHTS}", "--set", f"data.cache_dir={cache_dir}", "--out", str(out),
     ]
     r = runner.invoke(_cli(), args)
     assert r.exit_code == 0, r.output
     result = json.loads(out.read_text())
-    assert result["n"] == 20 and result["reference_n"] == N_REAL and result["fid"] > 200
+    assert result["n"] == 20 and result["reference_n"] == N_CMP and result["fid"] > 200
     assert result["reference"]["kind"] == "folder" and result["reference"]["reused"] is False
     assert "FID" in r.output and "time_s" in result
     # the stats of the folder against the same folder's statistics, straight from our features
-    expected = frechet_distance(FidStats.from_features(feats["noise"][:20]), FidStats.from_features(feats["val"]))
+    expected = frechet_distance(FidStats.from_features(feats["noise"][:20]), FidStats.from_features(feats["val"][:N_CMP]))
     assert result["fid"] == pytest.approx(expected, rel=1e-4)
 
     # an existing --out is kept unless --force; the reference statistics come from the cache
@@ -367,8 +370,15 @@ def test_prepared_cache_source_filters_the_split(tmp_path):
     assert val.count == 2 and torch.equal(got, torch.from_numpy(images[[1, 4]]))
     assert cache_source(path, "all").count == 5 and cache_source(path, "train", n=1).count == 1
     assert val.identity != cache_source(path, "test").identity
-    (path / "COMPLETE").write_text("key2")  # re-prepared: a new cache key, so new statistics
+    # prepared again from the same files (touched: new file times, a new cache key): the same pixels,
+    # so the same statistics; a changed pixel in the rows read makes new ones
+    (path / "COMPLETE").write_text("key2")
+    assert cache_source(path, "val").identity == val.identity
+    train = cache_source(path, "train").identity
+    images[4, 0, 0, 0] ^= 1  # row 4 is a val image
+    np.save(path / "images.npy", images)
     assert cache_source(path, "val").identity != val.identity
+    assert cache_source(path, "train").identity == train  # rows 0 and 2: unchanged
     with pytest.raises(DdpmkitError, match="only 2"):
         cache_source(path, "val", n=3)
 

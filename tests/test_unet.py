@@ -97,8 +97,9 @@ def test_time_changes_output() -> None:
     assert torch.equal(a, c)
 
 
-def test_condition_changes_output_and_null_embedding() -> None:
-    cfg = small_cfg(cond_dim=5)
+@pytest.mark.parametrize("scale_shift", [False, True])
+def test_condition_changes_output_and_null_embedding(scale_shift: bool) -> None:
+    cfg = small_cfg(cond_dim=5, scale_shift=scale_shift)
     model = perturbed(UNet.from_config(cfg)).eval()
     x, t = inputs(cfg)
     c1 = torch.zeros(2, 5)
@@ -122,9 +123,9 @@ def test_condition_rejected_without_cond_dim() -> None:
         model(x, t, torch.zeros(2, 3))
 
 
-@pytest.mark.parametrize("with_cond", [False, True])
-def test_every_parameter_gets_a_gradient(with_cond: bool) -> None:
-    cfg = small_cfg(cond_dim=3, dropout=0.1)
+@pytest.mark.parametrize("with_cond,scale_shift", [(False, False), (True, False), (True, True)])
+def test_every_parameter_gets_a_gradient(with_cond: bool, scale_shift: bool) -> None:
+    cfg = small_cfg(cond_dim=3, dropout=0.1, scale_shift=scale_shift)
     model = perturbed(UNet.from_config(cfg)).train()
     x, t = inputs(cfg, batch=4)
     cond = torch.randn(4, 3) if with_cond else None
@@ -176,8 +177,9 @@ def test_bad_input_shapes_raise() -> None:
         model(torch.zeros(1, 1, 16, 16), t)
 
 
-def test_channels_last_bf16_autocast_and_compile() -> None:
-    cfg = small_cfg(cond_dim=2)
+@pytest.mark.parametrize("scale_shift", [False, True])
+def test_channels_last_bf16_autocast_and_compile(scale_shift: bool) -> None:
+    cfg = small_cfg(cond_dim=2, scale_shift=scale_shift)
     model = perturbed(UNet.from_config(cfg)).eval()
     x, t = inputs(cfg)
     cond = torch.randn(2, 2)
@@ -192,3 +194,31 @@ def test_channels_last_bf16_autocast_and_compile() -> None:
         # fullgraph=True fails on any graph break (.item(), data-dependent Python branches).
         compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
         assert torch.allclose(compiled(x, t, cond), ref, atol=1e-5)
+
+
+def test_scale_shift_scales_and_shifts_the_normalised_features() -> None:
+    """ResBlock(scale_shift=True): GN(h)·(1 + s) + b with (s, b) from the embedding; off, a bias before GN."""
+    from ddpmkit.nn.blocks import ResBlock
+
+    torch.manual_seed(0)
+    x, emb = torch.randn(2, 8, 4, 4), torch.randn(2, 6)
+    on, off = ResBlock(8, 8, 6, 2, 0.0, scale_shift=True).eval(), ResBlock(8, 8, 6, 2, 0.0).eval()
+    assert on.emb_proj.out_features == 16 and off.emb_proj.out_features == 8
+    for block in (on, off):
+        torch.nn.init.normal_(block.conv2.weight)  # zero-initialised: the branch would vanish
+    off.load_state_dict({k: v for k, v in on.state_dict().items() if not k.startswith("emb_proj")}, strict=False)
+    with torch.no_grad():
+        h = on.conv1(torch.nn.functional.silu(on.norm1(x)))
+        scale, shift = on.emb_proj(torch.nn.functional.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        want = x + on.conv2(torch.nn.functional.silu(on.norm2(h) * (1 + scale) + shift))
+        assert torch.allclose(on(x, emb), want, atol=1e-5)
+        bias = off.emb_proj(torch.nn.functional.silu(emb))[:, :, None, None]
+        assert torch.allclose(off(x, emb), x + off.conv2(torch.nn.functional.silu(off.norm2(h + bias))), atol=1e-5)
+
+
+def test_scale_shift_is_a_setting_and_off_by_default() -> None:
+    plain, ss = UNet.from_config(small_cfg()), UNet.from_config(small_cfg(scale_shift=True))
+    assert not ModelConfig(image_size=32).scale_shift
+    # every ResBlock's embedding projection doubles: c_out more weights per embedding input and bias
+    extra = sum(m.out_features // 2 * (m.in_features + 1) for n, m in ss.named_modules() if n.endswith("emb_proj"))
+    assert count_parameters(ss) - count_parameters(plain) == extra > 0

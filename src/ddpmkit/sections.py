@@ -41,6 +41,10 @@ class ModelConfig(_Section):
     cond_names: tuple[str, ...] = Field(
         (), description="the attribute of each condition entry (derived with cond_dim; sample --attr reads them)"
     )
+    scale_shift: bool = Field(
+        False, description="the time (+ condition) embedding scales and shifts each residual block's normalised "
+        "features (improved DDPM's use_scale_shift_norm) instead of adding a bias; off in DDPM's network"
+    )
 
     @model_validator(mode="after")
     def _check_groups(self) -> "ModelConfig":

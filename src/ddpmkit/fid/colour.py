@@ -137,12 +137,13 @@ def source_colour(
     key = stats_key(identity)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in source.label)[:60]
     path = Path(cache_dir) / f"colour-{safe}-{key[:16]}.json"
-    try:
-        stored = json.loads(path.read_text())
-        if stored.get("key") == key:
-            return ColourStats.from_dict(stored["stats"]), path, True
-    except (OSError, ValueError, KeyError, DdpmkitError):
-        pass  # absent or unreadable: compute it again
+    for found in [path, *sorted(Path(cache_dir).glob(f"colour-*-{key[:16]}.json"))]:  # any label, as cached_stats
+        try:
+            stored = json.loads(found.read_text())
+            if stored.get("key") == key:
+                return ColourStats.from_dict(stored["stats"]), found, True
+        except (OSError, ValueError, KeyError, DdpmkitError):
+            pass  # absent or unreadable: compute it again
     stats = colour_stats(source.read(batch_size))
     write_text_atomic(path, json.dumps({"key": key, "identity": identity, "stats": stats.to_dict(exact=True)}, default=str) + "\n")
     return stats, path, False

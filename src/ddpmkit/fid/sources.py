@@ -3,7 +3,7 @@ faces, or a stats .npz.
 
 Each image source yields uint8 batches (B, 3, H, W) and carries an `identity`, the facts that
 decide its statistics (used as the stats cache key): for a folder, its file names, sizes and
-mtimes; for a prepared cache, its cache key (the COMPLETE marker), the split and the count.
+mtimes; for a prepared cache, a digest of the pixels of the rows read, with the split and the count.
 
 A model is compared with the prepared cache of the data it was trained on: the same dataset kind
 and root (index.json "data", written by `prepare`), size, crop and split.
@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ddpmkit.data.cache import MARKER, find_caches, is_complete, open_images, read_index
+from ddpmkit.data.cache import find_caches, is_complete, open_images, read_index
 from ddpmkit.data.celeba import SPLIT_CODES
 from ddpmkit.data.prepare import expected_identity
 from ddpmkit.data.synthetic import make_faces
@@ -115,7 +115,7 @@ def cache_source(path: Path, split: str = "all", n: Optional[int] = None) -> Ima
     settings = index.get("settings", {})
     identity = {
         "kind": "cache",
-        "cache_key": (path / MARKER).read_text().strip(),
+        "pixels_sha256": rows_digest(images, rows),
         "split": split,
         "crop": settings.get("crop"),
         "size": int(images.shape[-1]),
@@ -127,6 +127,19 @@ def cache_source(path: Path, split: str = "all", n: Optional[int] = None) -> Ima
             yield torch.from_numpy(np.ascontiguousarray(images[rows[i : i + batch_size]]))
 
     return ImageSource(f"{path.name}-{split}", identity, len(rows), read, str(path))
+
+
+def rows_digest(images: np.ndarray, rows: np.ndarray, chunk: int = 2048) -> str:
+    """sha256 of images[rows] (uint8 (N, 3, S, S)), in order.
+
+    Statistics are keyed by pixels, not by the cache key: a cache prepared again from the same files
+    (copied, touched: new file times, so a new key) reuses its statistics, and changed pixels never
+    do. About 1 GB/s: a second or two for CelebA-64's train split, against minutes of Inception.
+    """
+    h = hashlib.sha256(repr(tuple(images.shape[1:])).encode())
+    for i in range(0, len(rows), chunk):
+        h.update(np.ascontiguousarray(images[rows[i : i + chunk]]).tobytes())
+    return h.hexdigest()
 
 
 def synthetic_source(n: int, size: int, seed: int = 0) -> ImageSource:

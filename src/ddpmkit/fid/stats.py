@@ -99,10 +99,12 @@ def cached_stats(
     key = stats_key(identity)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[:60]
     path = Path(cache_dir) / f"{safe}-{key[:16]}.npz"
-    if path.is_file():
-        stats = FidStats.load(path)
-        if stats.meta.get("key") == key:
-            return stats, path, True
+    # any label: the same pixels under another cache's name (prepared again, new key) are the same statistics
+    for found in [path, *sorted(Path(cache_dir).glob(f"*-{key[:16]}.npz"))]:
+        if found.is_file():
+            stats = FidStats.load(found)
+            if stats.meta.get("key") == key:
+                return stats, found, True
     stats = compute()
     stats.meta = {**stats.meta, "key": key, "identity": identity}
     stats.save(path)

@@ -41,14 +41,19 @@ class ResBlock(nn.Module):
 
     x: (B, c_in, H, W); emb: (B, emb_dim), the time (+ condition) embedding before its SiLU.
     Returns (B, c_out, H, W). The shortcut is a 1x1 conv (DDPM's `nin_shortcut`) when
-    c_in != c_out, else the identity.
+    c_in != c_out, else the identity. With scale_shift the embedding gives a per-channel scale
+    and shift of the normalised features instead of a bias, GN(h)·(1 + s) + b (improved DDPM's
+    and ADM's `use_scale_shift_norm`): a condition can then multiply features, not only offset them.
     """
 
-    def __init__(self, c_in: int, c_out: int, emb_dim: int, num_groups: int, dropout: float) -> None:
+    def __init__(
+        self, c_in: int, c_out: int, emb_dim: int, num_groups: int, dropout: float, scale_shift: bool = False
+    ) -> None:
         super().__init__()
+        self.scale_shift = scale_shift
         self.norm1 = nn.GroupNorm(num_groups, c_in, eps=GROUPNORM_EPS)
         self.conv1 = conv3x3(c_in, c_out)
-        self.emb_proj = init_layer(nn.Linear(emb_dim, c_out))
+        self.emb_proj = init_layer(nn.Linear(emb_dim, 2 * c_out if scale_shift else c_out))
         self.norm2 = nn.GroupNorm(num_groups, c_out, eps=GROUPNORM_EPS)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = conv3x3(c_out, c_out, zero=True)
@@ -56,9 +61,13 @@ class ResBlock(nn.Module):
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        # The embedding is a per-channel bias, broadcast over H and W.
-        h = h + self.emb_proj(F.silu(emb))[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        e = self.emb_proj(F.silu(emb))[:, :, None, None]  # per channel, broadcast over H and W
+        if self.scale_shift:  # fixed at construction, not a data-dependent branch
+            scale, shift = e.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + e)
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.shortcut(x) + h
 
 

@@ -49,12 +49,12 @@ class _BlockMaker:
     """Builds the U-Net's levels; every ResBlock and AttnBlock of one network shares these settings."""
 
     def __init__(self, emb_dim: int, num_groups: int, dropout: float, head_channels: int,
-                 attn_resolutions: tuple[int, ...]) -> None:
+                 attn_resolutions: tuple[int, ...], scale_shift: bool = False) -> None:
         self.emb_dim, self.num_groups, self.dropout = emb_dim, num_groups, dropout
-        self.head_channels, self.attn_resolutions = head_channels, attn_resolutions
+        self.head_channels, self.attn_resolutions, self.scale_shift = head_channels, attn_resolutions, scale_shift
 
     def res(self, c_in: int, c_out: int) -> ResBlock:
-        return ResBlock(c_in, c_out, self.emb_dim, self.num_groups, self.dropout)
+        return ResBlock(c_in, c_out, self.emb_dim, self.num_groups, self.dropout, self.scale_shift)
 
     def attn_or_identity(self, channels: int, size: int) -> nn.Module:
         if size in self.attn_resolutions:
@@ -102,6 +102,7 @@ class UNet(nn.Module):
     it from settings. attn_resolutions are feature-map sides (image_size / 2^level) that get
     self-attention. With cond_dim > 0 a Linear(cond_dim, 4ch) of a condition vector is added to
     the time embedding, and a learned null embedding stands in where no condition is given.
+    scale_shift: the embedding scales and shifts each residual block's features (see ResBlock).
     """
 
     def __init__(
@@ -117,6 +118,7 @@ class UNet(nn.Module):
         num_groups: int = 32,
         head_channels: int = 0,
         cond_dim: int = 0,
+        scale_shift: bool = False,
     ) -> None:
         super().__init__()
         check_unet_shape(image_size, ch, ch_mult, attn_resolutions, head_channels)  # ValueError naming the misfit
@@ -125,7 +127,7 @@ class UNet(nn.Module):
         self.num_levels = len(ch_mult)
         self._size_multiple = 2 ** (self.num_levels - 1)
 
-        make = _BlockMaker(emb_dim, num_groups, dropout, head_channels, tuple(attn_resolutions))
+        make = _BlockMaker(emb_dim, num_groups, dropout, head_channels, tuple(attn_resolutions), scale_shift)
 
         self.temb = nn.Sequential(
             init_layer(nn.Linear(ch, emb_dim)), nn.SiLU(), init_layer(nn.Linear(emb_dim, emb_dim))
