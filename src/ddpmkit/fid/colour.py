@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.fid.sources import ImageSource
-from ddpmkit.fid.stats import stats_key
+from ddpmkit.fid.stats import stats_files, stats_key
 from ddpmkit.io_utils import write_text_atomic
 
 CHANNELS = ("R", "G", "B")
@@ -135,9 +135,8 @@ def source_colour(
         return colour_stats(source.read(batch_size)), None, False
     identity = {"colour": COLOUR_FORMAT, "source": source.identity}
     key = stats_key(identity)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in source.label)[:60]
-    path = Path(cache_dir) / f"colour-{safe}-{key[:16]}.json"
-    for found in [path, *sorted(Path(cache_dir).glob(f"colour-*-{key[:16]}.json"))]:  # any label, as cached_stats
+    path, candidates = stats_files(cache_dir, source.label, key, prefix="colour-", suffix=".json")
+    for found in candidates:
         try:
             stored = json.loads(found.read_text())
             if stored.get("key") == key:

@@ -84,6 +84,17 @@ def stats_key(identity: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def stats_files(cache_dir: Path, label: str, key: str, prefix: str = "", suffix: str = ".npz") -> tuple[Path, list[Path]]:
+    """(where statistics of `label` with `key` are written, the files to try reading first).
+
+    The second list starts with that path and goes on to any other label's file of the same key: the
+    same pixels under another cache's name (prepared again, so a new cache key) are the same statistics.
+    """
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[:60]
+    path = Path(cache_dir) / f"{prefix}{safe}-{key[:16]}{suffix}"
+    return path, [path, *sorted(Path(cache_dir).glob(f"{prefix}*-{key[:16]}{suffix}"))]
+
+
 def cached_stats(
     cache_dir: Path,
     label: str,
@@ -97,10 +108,8 @@ def cached_stats(
     Returns (stats, path, whether it came from the cache).
     """
     key = stats_key(identity)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[:60]
-    path = Path(cache_dir) / f"{safe}-{key[:16]}.npz"
-    # any label: the same pixels under another cache's name (prepared again, new key) are the same statistics
-    for found in [path, *sorted(Path(cache_dir).glob(f"*-{key[:16]}.npz"))]:
+    path, candidates = stats_files(cache_dir, label, key)
+    for found in candidates:
         if found.is_file():
             stats = FidStats.load(found)
             if stats.meta.get("key") == key:
