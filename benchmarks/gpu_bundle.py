@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from gpu_common import (
-    BUNDLE, LIMIT_BYTES, MAIN, MANIFEST, MARGIN_BYTES, PACK_IMAGES, PART_PREFIX, REF_STATS, REPO, WEIGHTS_NAME,
+    BUNDLE, FILE_OVERHEAD, LIMIT_BYTES, MAIN, MANIFEST, MARGIN_BYTES, PACK_IMAGES, PART_PREFIX, REF_STATS, REPO, WEIGHTS_NAME,
     WHEEL_PLATFORMS, WHEELS, WHEELS_DIR, Profile, folder_digest, mib, pack_stats, profile, python_env, repo_bytes,
-    run, sha256_file, tiny_from_env, tree_bytes,
+    run, sent_bytes, sha256_file, tiny_from_env, tree_bytes,
 )
 
-PNG_BYTES_GUESS = 8_500  # a 64x64 CelebA face as PNG (measured: 8.1 KB on average); sizes the minimum pack
+PNG_BYTES_GUESS = 8_500 + 4096  # a 64x64 CelebA face as PNG (measured: 8.1 KB on average) + FILE_OVERHEAD; sizes the minimum pack
 MANIFEST_ROOM = 64 * 1024
 
 
@@ -208,7 +208,7 @@ def export_pack(cache: Path, main: Path, prof: Profile, room: int) -> dict[str, 
     for i in range(min(prof.n_train_max, len(images))):
         path = folder / f"{i:06d}.png"
         Image.fromarray(np.ascontiguousarray(images[i].transpose(1, 2, 0))).save(path, optimize=True)
-        used += path.stat().st_size
+        used += sent_bytes(path)
         if used > room:
             path.unlink()
             break
@@ -229,11 +229,11 @@ def export_pack(cache: Path, main: Path, prof: Profile, room: int) -> dict[str, 
 def calls(parts: list[dict[str, Any]], repo: int, bundle: Path) -> list[dict[str, Any]]:
     """The device-tool calls that carry the bundle, in order, with the bytes each sends."""
     rel = bundle.resolve().relative_to(REPO) if bundle.resolve().is_relative_to(REPO) else bundle
-    out = [{"carry": [f"{rel}/{p['folder']}"], "command": "bash scripts/gpu_ferry.sh", "bytes": repo + p["bytes"]}
+    out = [{"carry": [f"{rel}/{p['folder']}"], "command": "bash scripts/gpu_ferry.sh", "bytes": repo + p["bytes"] + FILE_OVERHEAD}
            for p in parts[:-1]]
     main_bytes = tree_bytes(bundle / MAIN)
     out.append({"carry": [f"{rel}/{MAIN}", f"{rel}/{parts[-1]['folder']}"], "command": "bash scripts/gpu_check.sh",
-                "bytes": repo + main_bytes + parts[-1]["bytes"]})
+                "bytes": repo + main_bytes + parts[-1]["bytes"] + FILE_OVERHEAD})
     return out
 
 
@@ -267,7 +267,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     repo = repo_bytes()
     sizes = plan_parts(weights.stat().st_size, repo, tree_bytes(main_dir) + MANIFEST_ROOM, prof.n_train_min * PNG_BYTES_GUESS)
     parts = split_weights(weights, bundle, sizes)
-    room = LIMIT_BYTES - MARGIN_BYTES - repo - tree_bytes(main_dir) - MANIFEST_ROOM - sizes[-1]
+    room = LIMIT_BYTES - MARGIN_BYTES - repo - tree_bytes(main_dir) - MANIFEST_ROOM - sizes[-1] - FILE_OVERHEAD
     pack = export_pack(cache, main_dir, prof, room)
     manifest = {
         "format": 1, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

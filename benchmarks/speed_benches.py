@@ -90,6 +90,7 @@ def bench_settings(preset: str, device: torch.device, batch: int, count: int, ru
                 "compile": compile,
                 "run_dir": str(run_dir),
                 "warmup_steps": 0,
+                "max_steps": 10**6,  # the benchmark's loop decides when to stop; a preset may leave this unset
                 "tensorboard": False,
                 "sample_every": 0,
                 "optimizer": "adamw",  # the anchor's fused AdamW (weight decay 0: the same cost as Adam)
@@ -311,6 +312,8 @@ def measure(
             sync(device)
             seconds = time.perf_counter() - t0
             out.append((rounds * b.work / seconds, peak_memory_gib(device), b.n_params))
+            # said at once: a run killed at its time limit during the next side keeps this one in its log
+            print(f"  side {len(out)} of {len(makers)}: {out[-1][0]:,.1f} per s, peak {out[-1][1]} GiB", flush=True)
             b.close()
             del b
         reset_memory(device)

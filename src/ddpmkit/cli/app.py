@@ -44,7 +44,7 @@ def _plain_types(params: list[Any], ctx: Any) -> list[Any]:
             continue
         if p.is_flag:
             p.metavar = ""
-        elif p.multiple:
+        elif p.multiple and hasattr(p, "display_type"):  # Typer < 0.29 has no display_type: keep its own
             p.metavar = re.sub(r"^<list\[(.*)\]>$", r"<\1>", p.display_type(ctx))
     return params
 
