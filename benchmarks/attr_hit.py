@@ -1,13 +1,15 @@
-"""Does `sample --attr NAME --guidance W` give faces with NAME? Measured on the demo faces.
+"""Does `sample --attr NAME --guidance W` give faces with NAME? Measured on the demo faces or CelebA.
 
     PYTHONPATH=src .venv/bin/python benchmarks/attr_hit.py RUN --n 64 --out benchmarks/attr_hit
 
-RUN: a run trained with `ddpmkit train --preset demo --condition attributes` (generated faces,
-whose attributes are known by construction: `data.synthetic.FACE_ATTRIBUTES`).
+RUN: a run trained with `--condition attributes`, either on the demo faces (`--preset demo`;
+attributes known by construction: `data.synthetic.FACE_ATTRIBUTES`) or on CelebA.
 
 1. The checker: a small CNN trained (--checker-steps, fixed, so the result does not depend on the
-   machine's speed) on generated faces of another seed than the run's data, with their recorded
-   attributes; its accuracy per attribute on held-out generated faces is reported.
+   machine's speed) on faces with known attributes; its accuracy per attribute on held-out faces is
+   reported. Demo runs: generated faces of another seed than the run's data. CelebA runs: the
+   images of the run's prepared cache that have an attribute row (the labels the run trained on;
+   the held-out part is --checker-test of them, at most a fifth).
 2. For each attribute, N faces are sampled asking for it alone (every other attribute unspecified)
    at each guidance weight (default 0, 1, 3; 0 = the unconditional model, 1 = the conditional
    model), all from the same seeds, and the checker says which have it: the hit rate.
@@ -20,6 +22,7 @@ per guidance, left to right). The table also goes to stdout.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -60,16 +63,37 @@ class Checker(nn.Module):
         return self.head(self.features(x).flatten(1))
 
 
-def train_checker(size: int, n_train: int, n_test: int, steps: int, device: torch.device,
+def demo_faces(n: int, size: int) -> tuple[Tensor, Tensor, list[str]]:
+    """n generated faces (n, 3, S, S) in [-1, 1], their attributes (n, K) in {0, 1}, the K names."""
+    images, attrs = make_faces_with_attributes(n, size, seed=CHECKER_SEED)
+    return images.float().div(127.5).sub(1.0), torch.from_numpy(attrs > 0).float(), list(FACE_ATTRIBUTES)
+
+
+def celeba_faces(run: Path) -> tuple[Tensor, Tensor, list[str]]:
+    """The faces of the run's prepared cache that have an attribute row, shuffled (fixed seed):
+    (n, 3, S, S) in [-1, 1], (n, 40) in {0, 1}, the 40 names."""
+    import numpy as np
+
+    from ddpmkit.data.cache import open_images, read_index
+
+    cache = Path(json.loads((run / "run.json").read_text())["cache"])
+    rows = np.load(cache / "attributes.npy")
+    keep = np.flatnonzero(np.abs(rows).sum(1) > 0)
+    keep = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(CHECKER_SEED)).numpy()]
+    images = torch.from_numpy(np.ascontiguousarray(open_images(cache)[np.sort(keep)]))
+    order = torch.from_numpy(np.argsort(np.argsort(keep)))  # back to the shuffled order
+    x = images[order].float().div(127.5).sub(1.0)
+    return x, torch.from_numpy(rows[keep] > 0).float(), list(read_index(cache)["attribute_names"])
+
+
+def train_checker(x: Tensor, y: Tensor, n_test: int, steps: int, device: torch.device,
                   log=print) -> tuple[Checker, dict[str, Tensor]]:
-    """Train the checker on generated faces; returns it (eval mode) and per attribute (K,): the
-    base rate in the training faces, and on the held-out faces the accuracy, the fraction found
-    where present (tpr) and the fraction found where absent (fpr)."""
-    images, attrs = make_faces_with_attributes(n_train + n_test, size, seed=CHECKER_SEED)
-    x = images.float().div(127.5).sub(1.0)
-    y = torch.from_numpy(attrs > 0).float()
+    """Train the checker on all but the last n_test faces x: (N, 3, S, S) in [-1, 1], labels y: (N, K);
+    returns it (eval mode) and per attribute (K,): the base rate in the training faces, and on the
+    held-out faces the accuracy, the fraction found where present (tpr) and where absent (fpr)."""
+    n_train = len(x) - n_test
     x_tr, y_tr, x_te, y_te = x[:n_train].to(device), y[:n_train].to(device), x[n_train:], y[n_train:]
-    net = Checker(len(FACE_ATTRIBUTES), size).to(device)
+    net = Checker(y.shape[1], x.shape[-1]).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
     g = torch.Generator().manual_seed(0)
@@ -120,7 +144,7 @@ def table(names: list[str], stats: dict[str, dict[str, float]], hits: dict[str, 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("run", type=Path, help="a run trained with --condition attributes on the demo faces")
+    p.add_argument("run", type=Path, help="a run trained with --condition attributes (demo faces or CelebA)")
     p.add_argument("--n", type=int, default=64, help="faces per attribute and guidance")
     p.add_argument("--out", type=Path, default=Path("benchmarks/attr_hit"))
     p.add_argument("--guidance", type=float, nargs="+", default=[0.0, 1.0, 3.0])
@@ -131,22 +155,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--show", type=int, default=4, help="faces per cell of the grid")
     p.add_argument("--checker-steps", type=int, default=1000,
                    help="batches of 64 (about a minute on a 2-core CPU at 32 px)")
-    p.add_argument("--checker-train", type=int, default=6000, help="generated faces to train the checker on")
-    p.add_argument("--checker-test", type=int, default=2000, help="held-out generated faces")
+    p.add_argument("--checker-train", type=int, default=6000, help="generated faces to train the checker on (demo runs)")
+    p.add_argument("--checker-test", type=int, default=2000, help="held-out faces (CelebA runs: at most a fifth of those with a row)")
     p.add_argument("--device", default="auto")
     a = p.parse_args(argv)
 
     device = resolve_device(a.device)
     model, settings, step = load_model(a.run, device)
     names = list(settings.model.cond_names)
-    if settings.data.dataset != "synthetic" or names != list(FACE_ATTRIBUTES):
-        p.error(f"{a.run} is not a demo-faces run trained with --condition attributes")
+    if settings.data.dataset == "synthetic" and names == list(FACE_ATTRIBUTES):
+        x, y, columns = demo_faces(a.checker_train + a.checker_test, settings.data.size)
+        n_test, source = a.checker_test, f"{a.checker_train:,} generated faces (seed {CHECKER_SEED})"
+    elif settings.data.dataset == "celeba" and names:
+        x, y, columns = celeba_faces(a.run)
+        n_test = min(a.checker_test, len(x) // 5)
+        source = f"the {len(x) - n_test:,} faces of the run's cache with an attribute row"
+    else:
+        p.error(f"{a.run} is not a demo-faces or CelebA run trained with --condition attributes")
     # the run's spelling of each asked name (attribute_vector checks them, case-insensitively)
     asked = [names[int(attribute_vector(names, [n]).abs().argmax())] for n in a.attrs] if a.attrs else names
     size = settings.data.size
-    checker, per_attr = train_checker(size, a.checker_train, a.checker_test, a.checker_steps, device)
-    col = {name: i for i, name in enumerate(FACE_ATTRIBUTES)}
-    stats = {n: {k: float(v[col[n]]) for k, v in per_attr.items()} for n in names}
+    checker, per_attr = train_checker(x, y, n_test, a.checker_steps, device)
+    col = {name: i for i, name in enumerate(columns)}
+    stats = {n: {k: float(v[col[n]]) for k, v in per_attr.items()} for n in asked}
     sched = NoiseSchedule.from_config(settings.diffusion).to(device)
     prediction = settings.diffusion.prediction
     smp = make_sampler(sched, settings.sample.model_copy(update={"sampler": a.sampler, "steps": a.steps}))
@@ -173,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/attr_hit.py " + " ".join(shlex.quote(s) for s in (argv or sys.argv[1:]))
     note = (f"Run {a.run} at step {step:,}; {a.n} faces per cell, {a.sampler} {a.steps} steps, seeds {a.seed}/0.."
             f"{a.n - 1} (the same faces' noise in every cell). Checker: {a.checker_steps} steps on "
-            f"{a.checker_train:,} generated faces (seed {CHECKER_SEED}), accuracy on {a.checker_test:,} held out. "
+            f"{source}, accuracy on {n_test:,} held out. "
             "Grid: one row per attribute, one block per guidance, left to right.")
     write_text_atomic(a.out / "attr_hit.md", f"{md}\n\n{note}\n\n`{command}`\n")
     print(md)

@@ -125,7 +125,7 @@ def stage_train(ctx: Ctx, res: Result) -> None:
                    f"{len(rates)} logs), loss {first:.4f} -> {last:.4f}")
     if p.tiny:
         res.reduced = (f"a 45k-parameter U-Net ({', '.join(p.model_sets)}) at batch {p.batch} for {p.train_budget_s:.0f} s "
-                       "instead of celeba64 (78.7M) at batch 128 for 100 s")
+                       "instead of celeba64 (78.7M) at batch 128 for 60 s")
 
 
 def _timed_training(ctx: Ctx, cmd: list[str], log_jsonl: Path) -> tuple[Optional[int], bool, float]:

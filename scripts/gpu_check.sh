@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prove ddpmkit on a GPU in one command (under 9 minutes). Run it on the GPU machine from the
+# Prove ddpmkit on a GPU in one command (at most 560 s). Run it on the GPU machine from the
 # repository root, with .gpu_bundle/main and the last weights piece carried, after device call 1
 # (scripts/gpu_ferry.sh) left the first piece in /tmp: README, "Checking on a GPU".
 # Everything measured goes to $OUT/gpu_check.md and $OUT/gpu_check.json (a temporary folder when

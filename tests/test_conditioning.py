@@ -303,3 +303,14 @@ def test_celeba_attributes_end_to_end(tmp_path):
     assert "Eyeglasses+Smiling-Male" in r.output.replace("\n", "")
     one_line_error(invoke("sample", tmp_path / "run", "--n", "1", "--attr", "Mal", "--out", tmp_path / "p"),
                    "did you mean Male")
+    # the attribute-hit benchmark on a CelebA run: its checker learns from the cache's rows
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from attr_hit import main
+
+    assert main([str(tmp_path / "run"), "--n", "2", "--steps", "2", "--attrs", "smiling", "Male", "--checker-steps", "2",
+                 "--checker-test", "8", "--show", "1", "--out", str(tmp_path / "hit")]) == 0
+    md = (tmp_path / "hit" / "attr_hit.md").read_text()
+    assert [r.split(" |")[0] for r in md.splitlines() if r.startswith("| S") or r.startswith("| M")] == ["| Smiling", "| Male"]
+    assert "the 10 faces of the run's cache with an attribute row, accuracy on 2 held out" in md
