@@ -86,6 +86,19 @@ def celeba_faces(run: Path) -> tuple[Tensor, Tensor, list[str]]:
     return x, torch.from_numpy(rows[keep] > 0).float(), list(read_index(cache)["attribute_names"])
 
 
+def checker_faces(a: argparse.Namespace, dataset: str, names: list[str], size: int):
+    """(faces, labels, column names, how many held out, where they come from) for the run's kind of data;
+    None for a run that is neither a demo-faces nor a CelebA conditional run."""
+    if dataset == "synthetic" and names == list(FACE_ATTRIBUTES):
+        x, y, columns = demo_faces(a.checker_train + a.checker_test, size)
+        return x, y, columns, a.checker_test, f"{a.checker_train:,} generated faces (seed {CHECKER_SEED})"
+    if dataset == "celeba" and names:
+        x, y, columns = celeba_faces(a.run)
+        n_test = min(a.checker_test, len(x) // 5)
+        return x, y, columns, n_test, f"the {len(x) - n_test:,} faces of the run's cache with an attribute row"
+    return None
+
+
 def train_checker(x: Tensor, y: Tensor, n_test: int, steps: int, device: torch.device,
                   log=print) -> tuple[Checker, dict[str, Tensor]]:
     """Train the checker on all but the last n_test faces x: (N, 3, S, S) in [-1, 1], labels y: (N, K);
@@ -163,15 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(a.device)
     model, settings, step = load_model(a.run, device)
     names = list(settings.model.cond_names)
-    if settings.data.dataset == "synthetic" and names == list(FACE_ATTRIBUTES):
-        x, y, columns = demo_faces(a.checker_train + a.checker_test, settings.data.size)
-        n_test, source = a.checker_test, f"{a.checker_train:,} generated faces (seed {CHECKER_SEED})"
-    elif settings.data.dataset == "celeba" and names:
-        x, y, columns = celeba_faces(a.run)
-        n_test = min(a.checker_test, len(x) // 5)
-        source = f"the {len(x) - n_test:,} faces of the run's cache with an attribute row"
-    else:
+    found = checker_faces(a, settings.data.dataset, names, settings.data.size)
+    if found is None:
         p.error(f"{a.run} is not a demo-faces or CelebA run trained with --condition attributes")
+    x, y, columns, n_test, source = found
     # the run's spelling of each asked name (attribute_vector checks them, case-insensitively)
     asked = [names[int(attribute_vector(names, [n]).abs().argmax())] for n in a.attrs] if a.attrs else names
     size = settings.data.size
