@@ -31,10 +31,6 @@ MARGIN_BYTES = 1 * 2**20  # room left for the repository to grow between bundlin
 # than contents (disk blocks or archive headers), so each file is charged its size plus one 4 KiB block.
 FILE_OVERHEAD = 4096
 
-
-def sent_bytes(path: Path) -> int:
-    """What one file costs in a device call: its size plus FILE_OVERHEAD."""
-    return Path(path).stat().st_size + FILE_OVERHEAD
 STAGING_ENV = "DDPMKIT_FID_STAGING"  # where call 1 leaves its part of the weights (survives while warm)
 DEFAULT_STAGING = "/tmp/ddpmkit_fid"
 TINY_ENV = "DDPMKIT_GPU_CHECK_TINY"
@@ -144,6 +140,11 @@ def folder_digest(folder: Path) -> tuple[str, int, int]:
         count += 1
         size += p.stat().st_size
     return h.hexdigest(), count, size
+
+
+def sent_bytes(path: Path) -> int:
+    """What one file costs in a device call: its size plus FILE_OVERHEAD."""
+    return Path(path).stat().st_size + FILE_OVERHEAD
 
 
 def tree_bytes(path: Path) -> int:

@@ -313,7 +313,8 @@ def measure(
             seconds = time.perf_counter() - t0
             out.append((rounds * b.work / seconds, peak_memory_gib(device), b.n_params))
             # said at once: a run killed at its time limit during the next side keeps this one in its log
-            print(f"  side {len(out)} of {len(makers)}: {out[-1][0]:,.1f} per s, peak {out[-1][1]} GiB", flush=True)
+            peak = "n/a" if out[-1][1] is None else f"{out[-1][1]:.2f} GiB"
+            print(f"  side {len(out)} of {len(makers)}: {out[-1][0]:,.1f} per s, peak memory {peak}", flush=True)
             b.close()
             del b
         reset_memory(device)
