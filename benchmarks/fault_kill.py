@@ -249,10 +249,10 @@ def wait_for_a_write(ckpt_root: Path, deadline: float) -> None:
 
 
 def library_latest(run_dir: Path) -> int:
-    """The step `ddpmkit` itself resumes from: checkpoint.latest_checkpoint's choice (0: none)."""
-    from ddpmkit.checkpoint import latest_checkpoint
+    """The step `ddpmkit` itself resumes from: runfolder.RunFolder.latest_checkpoint's choice (0: none)."""
+    from ddpmkit.runfolder import RunFolder
 
-    found = latest_checkpoint(run_dir / "checkpoints") if (run_dir / "checkpoints").is_dir() else None
+    found = RunFolder(run_dir).latest_checkpoint()
     return int(found.name.split("_")[1]) if found else 0
 
 

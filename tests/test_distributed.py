@@ -19,10 +19,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ddpmkit.checkpoint import STATE_FILE, latest_checkpoint
+from ddpmkit.runfolder import STATE_FILE, RunFolder
 from ddpmkit.train import TrainResult, train
 
 from conftest import tiny
+
+
+def latest_checkpoint(root):
+    """The newest resume point in the checkpoints folder `root` (the run folder's own rule)."""
+    return RunFolder(root.parent).latest_checkpoint(resumable=True)
 
 WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
 TIMEOUT_S = 180  # a hung collective fails the test instead of blocking CI

@@ -24,7 +24,8 @@ from typer.testing import CliRunner
 from ddpmkit.cli.app import app
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.human import fmt_bytes
-from ddpmkit.report import REPORT_NAME, SECTION_IDS, write_report
+from ddpmkit.report import SECTION_IDS, write_report
+from ddpmkit.runfolder import REPORT_FILE as REPORT_NAME
 from ddpmkit.report.sections import spread
 
 from conftest import TINY

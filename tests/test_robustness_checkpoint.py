@@ -20,20 +20,24 @@ from torch import nn
 
 from ddpmkit import checkpoint as ckpt_mod
 from ddpmkit.checkpoint import (
-    MODEL_FILE,
-    STATE_FILE,
-    latest_checkpoint,
     load_model,
     load_state,
     resolve_checkpoint,
     save_checkpoint,
 )
 from ddpmkit.errors import DdpmkitError
+from ddpmkit.runfolder import MODEL_FILE, STATE_FILE, RunFolder
 from ddpmkit.io_utils import remove_leftovers
 from ddpmkit.nn import UNet
 from ddpmkit.train import train
 
 from conftest import tiny
+
+
+def latest_checkpoint(root):
+    """The newest resume point in the checkpoints folder `root` (the run folder's own rule)."""
+    return RunFolder(root.parent).latest_checkpoint(resumable=True)
+
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -92,6 +96,10 @@ def test_a_half_written_or_missing_folder_is_not_a_checkpoint(tmp_path):
     assert latest_checkpoint(root).name == "step_00000001"
     (root / "latest").unlink()
     assert latest_checkpoint(root).name == "step_00000001"
+    # its EMA is still there to sample from; with that gone too it is no checkpoint at all
+    assert RunFolder(root.parent).latest_checkpoint().name == "step_00000002"
+    (root / "step_00000002" / "ema.safetensors").unlink()
+    assert RunFolder(root.parent).latest_checkpoint().name == "step_00000001"
 
 
 # ---------------------------------------------------------------- weights that lie about their model
@@ -199,6 +207,7 @@ def test_pickled_code_in_a_state_file_is_refused_without_advice_to_unpickle(tmp_
         ("settings", "[1", "the settings in its state.pt are not a JSON object"),
     ],
 )
+
 def test_resume_from_a_state_with_ill_typed_values_is_one_line(tmp_path, key, value, needle):
     train(tiny(tmp_path / "run", train={"max_steps": 1}), log=lambda m: None, progress=False)
     folder = latest_checkpoint(tmp_path / "run" / "checkpoints")

@@ -27,7 +27,7 @@ import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -38,14 +38,10 @@ from ddpmkit import __version__
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.io_utils import atomic_path, write_text_atomic
 from ddpmkit.nn import UNet
+from ddpmkit.runfolder import EMA_FILE, LATEST, MODEL_FILE, STATE_FILE, RunFolder, by_step, step_dir_name
 from ddpmkit.settings import ModelConfig, Settings, settings_from_dict
 
-MODEL_FILE = "model.safetensors"
-EMA_FILE = "ema.safetensors"
-STATE_FILE = "state.pt"
-LATEST = "latest"
 STATE_KEYS = ("step", "epoch", "batch_in_epoch", "ema_updates", "optimizer", "rng_cpu", "rng_gen", "settings")
-_STEP_NAME = re.compile(r"step_[0-9]+")
 _WHOLE_NUMBER = re.compile(r"[0-9]{1,18}")
 
 
@@ -57,10 +53,6 @@ class CheckpointRef:
     weights: Path  # the safetensors file to sample from
     has_ema: bool
     has_state: bool
-
-
-def step_dir_name(step: int) -> str:
-    return f"step_{step:08d}"
 
 
 def _metadata(settings: Settings, step: int, kind: str) -> dict[str, str]:
@@ -116,7 +108,7 @@ def _save_state(state: dict[str, Any], path: Path) -> None:
 def _prune(ckpt_root: Path, keep: int) -> None:
     """Delete all but the newest `keep` checkpoints. Each is first renamed to a temporary name
     (`io_utils.remove_leftovers` deletes those a killed prune leaves), never deleted in place."""
-    steps = _by_step(p for p in ckpt_root.glob("step_*") if p.is_dir())
+    steps = by_step(p for p in ckpt_root.glob("step_*") if p.is_dir())
     for old in steps[:-keep]:
         doomed = old.with_name(f".{old.name}.{secrets.token_hex(4)}.tmp")
         try:
@@ -124,33 +116,6 @@ def _prune(ckpt_root: Path, keep: int) -> None:
         except OSError:
             continue  # kept whole; the next save tries again
         shutil.rmtree(doomed, ignore_errors=True)
-
-
-def latest_checkpoint(ckpt_root: Path) -> Optional[Path]:
-    """The newest complete checkpoint folder, or None. Raises DdpmkitError when `latest` names
-    something other than a checkpoint folder beside it (`../..`, a path)."""
-    pointer = ckpt_root / LATEST
-    if pointer.is_file():
-        raw = pointer.read_bytes()[:256]
-        name = raw.decode("utf-8", "replace").strip()
-        if not _STEP_NAME.fullmatch(name):
-            raise DdpmkitError(
-                f"{pointer} names {name[:60]!r}, not a checkpoint folder (step_N) beside it; "
-                f"put the newest step_N name in it or delete it"
-            )
-        if _complete(ckpt_root / name):
-            return ckpt_root / name
-    steps = _by_step(p for p in ckpt_root.glob("step_*") if _complete(p))
-    return steps[-1] if steps else None
-
-
-def _complete(folder: Path) -> bool:
-    return (folder / STATE_FILE).is_file() and (folder / MODEL_FILE).is_file()
-
-
-def _by_step(folders: Iterable[Path]) -> list[Path]:
-    """The step_N folders among `folders`, oldest first (by N: step_100000000 after step_99999999)."""
-    return sorted((p for p in folders if _STEP_NAME.fullmatch(p.name)), key=lambda p: int(p.name[5:]))
 
 
 def resolve_checkpoint(path: Path) -> CheckpointRef:
@@ -163,8 +128,8 @@ def resolve_checkpoint(path: Path) -> CheckpointRef:
             raise DdpmkitError(f"{path} is not a .safetensors weights file, a checkpoint folder or a run directory")
         return CheckpointRef(path.parent, path, path.name == EMA_FILE, (path.parent / STATE_FILE).exists())
     folder = path
-    if (path / "checkpoints").is_dir():
-        found = latest_checkpoint(path / "checkpoints")
+    if RunFolder(path).checkpoints.is_dir():
+        found = RunFolder(path).latest_checkpoint()
         if found is None:
             raise DdpmkitError(f"run directory {path} holds no complete checkpoint yet")
         folder = found

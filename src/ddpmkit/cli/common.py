@@ -29,7 +29,6 @@ from ddpmkit.settings import (
 # stderr for messages and progress, stdout for results; neither wraps lines when piped to a file
 console = make_console(stderr=True)
 out = make_console(stderr=False)
-RUNS = Path("runs")
 
 ConfigOpt = Annotated[
     Optional[Path], typer.Option("--config", "-c", help="YAML settings file (overrides the preset).")
@@ -131,27 +130,3 @@ def from_preset(help_text: str, key: str, preset: str = DEFAULT_PRESET, what: st
 def default_is(text: str) -> str:
     """A help text's "[default: ...]" for a default that is not a plain value (rich-escaped)."""
     return escape(f"[default: {text}]")
-
-
-def newest_run(root: Path = RUNS, need_checkpoint: bool = False) -> Path:
-    """The run directory under `root` touched last (its log, settings or latest checkpoint);
-    with need_checkpoint, only runs holding a checkpoint to sample from."""
-    runs = [p for p in root.iterdir() if _is_run(p, need_checkpoint)] if root.is_dir() else []
-    if not runs:
-        what = "run with a checkpoint" if need_checkpoint else "run directory"
-        raise DdpmkitError(f"no RUN given and no {what} under {root}/: give RUN, or train one first (ddpmkit train)")
-
-    def touched(p: Path) -> float:
-        files = [p / "log.jsonl", p / "config.yaml", p / "checkpoints" / "latest", p]
-        return max(f.stat().st_mtime for f in files if f.exists())
-
-    return max(runs, key=touched)
-
-
-def _is_run(p: Path, need_checkpoint: bool) -> bool:
-    if not (p.is_dir() and ((p / "config.yaml").is_file() or (p / "checkpoints").is_dir())):
-        return False
-    if not need_checkpoint:
-        return True
-    steps = (p / "checkpoints").glob("step_*") if (p / "checkpoints").is_dir() else []
-    return any((d / "ema.safetensors").is_file() or (d / "model.safetensors").is_file() for d in steps)

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 from typing_extensions import Annotated
 
-from ddpmkit.cli.common import (ConfigOpt, PresetOpt, SetOpt, console, default_is, newest_run, resolve_settings,
+from ddpmkit.cli.common import (ConfigOpt, PresetOpt, SetOpt, console, default_is, resolve_settings,
                                 user_errors)
 from ddpmkit.cli.sample_cmd import counted, output_folder, say_which_run
 from ddpmkit.errors import DdpmkitError
+from ddpmkit.runfolder import newest_run
 from ddpmkit.sections import MAX_SEED
 
 if TYPE_CHECKING:

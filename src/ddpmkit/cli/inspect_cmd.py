@@ -14,6 +14,7 @@ from ddpmkit.cli.common import ConfigOpt, PresetOpt, out, resolve_settings, user
 from ddpmkit.cli.options import set_option
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.human import fmt_bytes
+from ddpmkit.runfolder import RunFolder, read_jsonl
 from ddpmkit.settings import Settings
 
 PREVIEW_DIR = Path("outputs/previews")  # dataset previews: inspect never writes into a cache
@@ -47,7 +48,6 @@ def _param_count(settings: Settings) -> int:
 def _inspect_checkpoint(path: Path) -> None:
     # lazy: torch (see _param_count)
     from ddpmkit.checkpoint import read_metadata, resolve_checkpoint, settings_of
-    from ddpmkit.train.rundir import read_log
 
     ref = resolve_checkpoint(path)
     meta = read_metadata(ref.weights)
@@ -64,13 +64,12 @@ def _inspect_checkpoint(path: Path) -> None:
         table.add_row("parameters", f"{_param_count(settings):,}")
         table.add_row("image size", f"{settings.model.image_size}")
         table.add_row("images seen", f"{int(meta.get('step', 0)) * settings.train.batch_size:,}")
-    run_root = ref.path.parent.parent if ref.path.parent.name == "checkpoints" else None
-    if run_root is not None:
-        log = read_log(run_root / "log.jsonl")
-        if log:
-            table.add_row("last logged loss", f"{log[-1].get('loss')} at step {log[-1].get('step')}")
-        steps = sorted(p.name for p in (run_root / "checkpoints").glob("step_*") if p.is_dir())
-        table.add_row("checkpoints", ", ".join(steps))
+    run = RunFolder.of_checkpoint(ref.path)
+    if run is not None:
+        losses = [r for r in run.read_log() if "loss" in r]
+        if losses:
+            table.add_row("last logged loss", f"{losses[-1].get('loss')} at step {losses[-1].get('step')}")
+        table.add_row("checkpoints", ", ".join(p.name for p in run.checkpoint_folders()))
     out.print(table)
     if settings is not None:
         out.print(_settings_table(settings, "settings stored in the checkpoint"))
@@ -138,9 +137,7 @@ def inspect(
         _inspect_cache(path, preview)
         return
     if path.is_file() and path.suffix == ".jsonl":
-        from ddpmkit.train.rundir import read_log  # lazy: torch (see _param_count)
-
-        rows = read_log(path)
+        rows = read_jsonl(path)
         out.print(json.dumps(rows[-5:], indent=1))
         return
     _inspect_checkpoint(path)

@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import typer
 from typing_extensions import Annotated
 
-from ddpmkit.cli.common import (ConfigOpt, PresetOpt, SetOpt, console, default_is, newest_run, resolve_sample_config,
+from ddpmkit.cli.common import (ConfigOpt, PresetOpt, SetOpt, console, default_is, resolve_sample_config,
                                 resolve_settings, user_errors)
 from ddpmkit.cli.sample_cmd import counted, output_folder, say_which_run
 from ddpmkit.errors import DdpmkitError
+from ddpmkit.runfolder import newest_run
 from ddpmkit.progress import Progress
 from ddpmkit.sections import MAX_SEED
 

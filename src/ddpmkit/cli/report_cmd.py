@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from ddpmkit.cli.common import console, newest_run, out, user_errors
+from ddpmkit.cli.common import console, out, user_errors
+from ddpmkit.runfolder import newest_run
 from ddpmkit.human import fmt_bytes
 
 

@@ -7,7 +7,6 @@ grid.png from the first images after the first batch, denoise.gif right after th
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -16,12 +15,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 import typer
 from typing_extensions import Annotated
 
-from ddpmkit.cli.common import (ConfigOpt, PresetOpt, SetOpt, console, default_is, from_preset, newest_run,
+from ddpmkit.cli.common import (ConfigOpt, PresetOpt, SetOpt, console, default_is, from_preset,
                                 resolve_sample_config, resolve_settings, user_errors)
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.sections import MAX_SEED
 from ddpmkit.io_utils import free_dir
 from ddpmkit.progress import Progress
+from ddpmkit.runfolder import RunFolder, newest_run
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -193,16 +193,13 @@ def say_which_run(newest: bool, path: Path, step: int, doing: str) -> None:
 
 
 def short_of_plan(ckpt: Path, step: int) -> Optional[str]:
-    """A warning when the checkpoint is far short of its run's planned steps (run.json total_steps)."""
-    run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt
-    try:
-        total = json.loads((run / "run.json").read_text()).get("total_steps")
-    except (OSError, ValueError):
-        return None
+    """A warning when the checkpoint is far short of its run's planned steps (total_steps in its run info)."""
+    run = RunFolder.of_checkpoint(ckpt) or RunFolder(ckpt)
+    total = run.read_info().get("total_steps")
     if not isinstance(total, int) or total <= 0 or step >= total / 2:
         return None
     outcome = "samples will be noise" if step < total / 10 else "samples will be rough"
-    return f"step {step:,} of {total:,}: {outcome} (train on: ddpmkit train --run-dir {run} --resume)"
+    return f"step {step:,} of {total:,}: {outcome} (train on: ddpmkit train --run-dir {run.path} --resume)"
 
 
 def counted(eps: Callable[..., "Tensor"], on_call: Callable[[int], None]) -> Callable[..., "Tensor"]:

@@ -12,6 +12,7 @@ from typing_extensions import Annotated
 from ddpmkit.cli.common import (ConfigOpt, PresetOpt, SetOpt, console, default_is, from_preset, resolve_settings,
                                 user_errors)
 from ddpmkit.errors import DdpmkitError
+from ddpmkit.runfolder import RunFolder
 from ddpmkit.settings import Settings, build_settings, parse_assignment, preset_name
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ def _settings(
         patch, note = fit_to_size(preset_name(preset, config), size) if size is not None else ({}, None)
         choice = Choice(preset_name(preset, config), patch, "", note)
         settings = build_settings(preset, config, overrides, sets, preset_patch=patch)
-    saved = Path(settings.train.run_dir) / "config.yaml"
+    saved = RunFolder(settings.train.run_dir).config
     if resume and config is None and preset is None and saved.exists():
         # the run's own settings, with this command's options on top
         return resolve_settings(saved, None, sets, overrides), "the run's own settings"

@@ -3,8 +3,8 @@
     from ddpmkit.report import write_report
     write_report(Path("runs/demo"))     # -> runs/demo/report.html
 
-It reads only files inside the run directory (config.yaml, run.json, log.jsonl, samples/,
-checkpoints/, an optional denoising GIF and data preview) and writes only report.html, atomically.
+It reads only files inside the run folder (its settings, run info, log, samples/, checkpoints/, an
+optional denoising GIF and data preview: `ddpmkit.runfolder`) and writes only report.html, atomically.
 Safe to call from a training loop at every checkpoint: a section that cannot be drawn shows why
 instead, and the one exception it raises is DdpmkitError (no run directory, or the page could not
 be written), which the caller may log and ignore.
@@ -18,10 +18,9 @@ from pathlib import Path
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.io_utils import write_text_atomic
 from ddpmkit.report import sections as S
-from ddpmkit.report.collect import RunData, is_run_dir, read_run
+from ddpmkit.report.collect import RunData, read_run
 from ddpmkit.report.page import note, page
-
-REPORT_NAME = "report.html"
+from ddpmkit.runfolder import RunFolder
 
 
 def _denoising(run: RunData) -> S.Section:
@@ -41,7 +40,7 @@ BUILDERS = (
 )
 SECTION_IDS = tuple(sid for sid, _ in BUILDERS)
 
-__all__ = ["REPORT_NAME", "SECTION_IDS", "build_html", "is_run_dir", "write_report"]
+__all__ = ["SECTION_IDS", "build_html", "write_report"]
 
 
 def build_html(run: RunData) -> str:
@@ -74,6 +73,6 @@ def write_report(run_dir: Path) -> Path:
         raise
     except Exception as e:
         raise DdpmkitError(f"could not build the report of {run_dir}: {type(e).__name__}: {e}") from None
-    target = run_dir / REPORT_NAME
+    target = RunFolder(run_dir).report
     write_text_atomic(target, text)
     return target

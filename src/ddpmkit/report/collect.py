@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -18,8 +17,8 @@ import yaml
 from PIL import Image, UnidentifiedImageError
 
 from ddpmkit.errors import DdpmkitError
+from ddpmkit.runfolder import RunFolder, step_of_name
 
-STEP_NAME = re.compile(r"^step_(\d+)$")
 # where a denoising GIF and the data preview may be written (newest GIF wins)
 GIF_GLOBS = ("*.gif", "samples/*.gif")
 PREVIEW_NAMES = ("data_preview.png", "samples/data_preview.png", "preview.png")
@@ -62,32 +61,28 @@ class RunData:
     problems: list[str] = field(default_factory=list)
 
 
-def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and ((path / "config.yaml").is_file() or (path / "checkpoints").is_dir())
-
-
 def read_run(path: Path) -> RunData:
     """Collect a run directory's settings, logs, images and checkpoints."""
-    path = Path(path)
-    if not path.exists():
+    run = RunFolder(path)
+    if not run.path.exists():
         raise DdpmkitError(f"run directory not found: {path}")
-    if not is_run_dir(path):
-        raise DdpmkitError(f"{path} is not a ddpmkit run directory (no config.yaml or checkpoints/)")
+    if not run.is_run():
+        raise DdpmkitError(f"{path} is not a ddpmkit run directory (no {run.config.name} or {run.checkpoints.name}/)")
     problems: list[str] = []
-    records = _read_jsonl(path / "log.jsonl", problems)
+    records = run.read_log(problems)
     diverged = sum(1 for r in records if "loss" in r and not _number(r["loss"]))
     if diverged:
-        problems.append(f"log.jsonl: {diverged} step(s) logged a non-finite loss (training diverged?)")
+        problems.append(f"{run.log.name}: {diverged} step(s) logged a non-finite loss (training diverged?)")
     return RunData(
-        path=path,
-        config=_read_mapping(path / "config.yaml", yaml.safe_load, problems),
-        info=_read_mapping(path / "run.json", json.loads, problems),
+        path=run.path,
+        config=_read_mapping(run.config, yaml.safe_load, problems),
+        info=_read_mapping(run.info, json.loads, problems),
         train_log=[r for r in records if _number(r.get("step")) and _number(r.get("loss"))],
         fid_log=[r for r in records if _number(r.get("step")) and _number(r.get("fid"))],
-        grids=_read_grids(path / "samples", problems),
-        gif=_newest_picture(path, GIF_GLOBS, problems),
-        preview=_first_picture(path, PREVIEW_NAMES, problems),
-        checkpoints=read_checkpoints(path / "checkpoints"),
+        grids=_read_grids(run.samples, problems),
+        gif=_newest_picture(run.path, GIF_GLOBS, problems),
+        preview=_first_picture(run.path, PREVIEW_NAMES, problems),
+        checkpoints=read_checkpoints(run, problems),
         problems=problems,
     )
 
@@ -111,25 +106,6 @@ def _read_mapping(path: Path, parse: Any, problems: list[str]) -> dict[str, Any]
     return data
 
 
-def _read_jsonl(path: Path, problems: list[str]) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    out, bad = [], 0
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1  # e.g. the last line of a run killed mid-write
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    if bad:
-        problems.append(f"log.jsonl: skipped {bad} unreadable line(s)")
-    return out
-
-
 def read_picture(path: Path, problems: list[str], step: Optional[int] = None) -> Optional[Picture]:
     """The file's bytes if PIL recognises it as a PNG, GIF or JPEG image, else None (noted)."""
     try:
@@ -149,8 +125,8 @@ def read_picture(path: Path, problems: list[str], step: Optional[int] = None) ->
 def _read_grids(samples: Path, problems: list[str]) -> list[Picture]:
     grids = []
     for p in samples.glob("step_*.png") if samples.is_dir() else []:
-        m = STEP_NAME.match(p.stem)
-        if m and (pic := read_picture(p, problems, int(m.group(1)))) is not None:
+        step = step_of_name(p.stem)
+        if step is not None and (pic := read_picture(p, problems, step)) is not None:
             grids.append(pic)
     return sorted(grids, key=lambda g: g.step or 0)
 
@@ -170,21 +146,19 @@ def _first_picture(root: Path, names: tuple[str, ...], problems: list[str]) -> O
     return None
 
 
-def read_checkpoints(root: Path) -> list[Checkpoint]:
-    """Complete checkpoint folders (temporary ones being written are left out), oldest first."""
-    if not root.is_dir():
-        return []
-    pointer = root / "latest"
-    latest = pointer.read_text().strip() if pointer.is_file() else ""
+def read_checkpoints(run: RunFolder, problems: list[str]) -> list[Checkpoint]:
+    """The run's checkpoints (`runfolder.is_checkpoint`), oldest first, with their size on disk."""
+    try:
+        latest = run.latest_checkpoint()
+    except DdpmkitError as e:  # a damaged `latest` pointer: list the folders all the same
+        problems.append(str(e))
+        latest = None
     out = []
-    for d in root.iterdir():
-        m = STEP_NAME.match(d.name)
-        if not (m and d.is_dir()):
-            continue
+    for d in run.checkpoint_folders():
         files = sorted(f for f in d.rglob("*") if f.is_file())
-        out.append(Checkpoint(int(m.group(1)), d.name, sum(_size(f) for f in files),
-                              [f.name for f in files], d.name == latest))
-    return sorted(out, key=lambda c: c.step)
+        out.append(Checkpoint(step_of_name(d.name) or 0, d.name, sum(_size(f) for f in files),
+                              [f.name for f in files], d == latest))
+    return out
 
 
 def _size(f: Path) -> int:

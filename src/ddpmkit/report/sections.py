@@ -9,6 +9,7 @@ from ddpmkit.human import fmt_bytes, fmt_duration
 from ddpmkit.report import plots
 from ddpmkit.report.collect import Picture, RunData
 from ddpmkit.report.page import img, note, table
+from ddpmkit.runfolder import CONFIG_FILE
 
 MAX_GRIDS = 24  # a long run saves hundreds of grids: show this many, evenly spread, first and last kept
 Section = tuple[str, str, str]
@@ -185,12 +186,12 @@ def checkpoints_section(run: RunData) -> Section:
 
 
 def settings_section(run: RunData) -> Section:
-    """config.yaml as one small table per settings section (model, diffusion, data, ...), side by side."""
+    """The run's resolved settings as one small table per section (model, diffusion, data, ...), side by side."""
     if not run.config:
-        return "settings", "Settings", note("config.yaml is missing or unreadable.")
+        return "settings", "Settings", note(f"{CONFIG_FILE} is missing or unreadable.")
     groups = {k: v for k, v in run.config.items() if isinstance(v, dict)}
     top = {k: v for k, v in run.config.items() if not isinstance(v, dict)}
     tables = [f"<div>{table(flatten(top), ['setting', 'value'])}</div>"] if top else []
     tables += [f"<div>{table(flatten(v), [name, 'value'])}</div>" for name, v in groups.items()]
-    head = note("Resolved settings (config.yaml): ddpmkit train --config config.yaml repeats the run.")
+    head = note(f"Resolved settings ({CONFIG_FILE}): ddpmkit train --config {CONFIG_FILE} repeats the run.")
     return "settings", "Settings", head + '<div class="settings">' + "".join(tables) + "</div>"

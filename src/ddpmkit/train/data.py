@@ -17,7 +17,7 @@ from ddpmkit.settings import DataConfig
 
 
 def load_training_images(data_cfg: DataConfig, log: Callable[[str], None] = print) -> tuple[ArrayLike, dict[str, Any]]:
-    """The uint8 images (N, 3, S, S) in [0, 255] and a description of them (for run.json).
+    """The uint8 images (N, 3, S, S) in [0, 255] and a description of them (for the run info).
 
     synthetic: generated faces (a tensor). celeba / folder: the prepared cache, memory-mapped;
     prepared on first use (its progress on stderr).

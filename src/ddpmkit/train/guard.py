@@ -12,7 +12,7 @@
 - Then what killed writers left in the run directory, checkpoints/ and samples/ is deleted
   (checkpoint temporaries, a checkpoint a killed prune had begun to delete), in one line with
   the count and size.
-- After open() on a resume: log.jsonl loses its records past the resumed step (a killed run
+- After open() on a resume: the run log loses its records past the resumed step (a killed run
   logged steps that are trained again), and a changed run length is said in one line. The
   learning-rate schedule always follows the length asked for now, so resuming a cosine-decay
   run with another --max-steps (or --epochs) re-stretches the decay: the learning rate jumps at

@@ -1,12 +1,12 @@
-"""log.jsonl as a file: appends that fail in one line, and the records a resumed run repeats.
+"""The run log as a file: appends that fail in one line, and the records a resumed run repeats.
 
 `LogFile` is what `rundir.JsonlLogger` writes through: unbuffered appends, so a failed write
 (full disk, read-only file system, `ulimit -f`) raises at once as one `DdpmkitError` line
-("could not append to runs/x/log.jsonl: No space left on device (free some space); the
+("could not append to RUN/<log file>: No space left on device (free some space); the
 checkpoints written so far are intact") and leaves nothing buffered for close() to fail on again.
 
 `drop_records_after(path, step)`: a run killed after its last checkpoint has logged steps the
-resumed run trains (and logs) again; on resume they are dropped, so log.jsonl holds every
+resumed run trains (and logs) again; on resume they are dropped, so the log holds every
 step once.
 """
 

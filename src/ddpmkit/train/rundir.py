@@ -1,13 +1,5 @@
-"""The run directory: everything one training run writes, in one place.
-
-    config.yaml   the resolved settings (`ddpmkit train --config runs/x/config.yaml` repeats the run)
-    run.json      versions, device, parameter count, data, total_steps (the planned length)
-    log.jsonl     one JSON object per logged step: step, epoch, loss, lr, img_per_s, time
-    samples/      EMA sample grids, step_00001000.png
-    checkpoints/  see checkpoint.py
-    report.html   the run report (ddpmkit.report), rewritten at every checkpoint
-    tb/           TensorBoard events (train.tensorboard, optional package)
-"""
+"""The run folder as training writes it: opened new or resumed, its settings and run info, the
+log and TensorBoard writers. Where each file lives is `ddpmkit.runfolder`'s."""
 
 from __future__ import annotations
 
@@ -22,49 +14,32 @@ import torch
 
 from ddpmkit import __version__
 from ddpmkit.errors import DdpmkitError
-from ddpmkit.io_utils import write_text_atomic
+from ddpmkit.runfolder import RunFolder
 from ddpmkit.settings import Settings
-from ddpmkit.checkpoint import latest_checkpoint
 from ddpmkit.train.logfile import LogFile
 
 
-class RunDir:
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.config = self.path / "config.yaml"
-        self.info = self.path / "run.json"
-        self.log = self.path / "log.jsonl"
-        self.samples = self.path / "samples"
-        self.checkpoints = self.path / "checkpoints"
-
-    def holds_run(self) -> bool:
-        return self.config.exists() or self.checkpoints.exists()
-
-    def latest(self) -> Optional[Path]:
-        return latest_checkpoint(self.checkpoints) if self.checkpoints.exists() else None
+class RunDir(RunFolder):
+    """A run folder being trained."""
 
     def checkpoint_to_resume(self, resume: bool) -> Optional[Path]:
         """The checkpoint a resume continues from, or None for a new run. Refuses to start a new
         run over an existing one, and to resume where there is nothing. Reads only."""
         if not resume:
-            if self.holds_run():
-                latest = self.latest()
+            if self.is_run():
+                latest = self.latest_checkpoint(resumable=True)
                 what = f"checkpoint {latest.name}" if latest else "a run"
                 raise DdpmkitError(
                     f"run directory {self.path} already holds {what}; use --resume to continue it "
                     "or --run-dir to start a new one"
                 )
             return None
-        if not self.holds_run():
+        if not self.is_run():
             raise DdpmkitError(f"nothing to resume: {self.path} holds no run")
-        return self.latest()
+        return self.latest_checkpoint(resumable=True)
 
-    def create(self, settings: Settings, extra: dict[str, Any]) -> None:
-        if self.path.exists() and not self.path.is_dir():
-            raise DdpmkitError(f"run directory {self.path} exists and is a file")
-        self.samples.mkdir(parents=True, exist_ok=True)
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.config, settings.to_yaml())
+    def create_for(self, settings: Settings, extra: dict[str, Any]) -> None:
+        """A new run: the folder, the resolved settings and run info (versions + `extra`)."""
         info = {
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "ddpmkit": __version__,
@@ -72,22 +47,12 @@ class RunDir:
             "python": platform.python_version(),
             **extra,
         }
-        write_text_atomic(self.info, json.dumps(info, indent=2) + "\n")
-
-    def update_info(self, **values: Any) -> None:
-        """Change run.json's values (e.g. total_steps when a resume changes the run's length)."""
-        try:
-            info = json.loads(self.info.read_text())
-        except (OSError, ValueError):
-            info = {}
-        if all(info.get(k) == v for k, v in values.items()):
-            return
-        write_text_atomic(self.info, json.dumps({**info, **values}, indent=2) + "\n")
+        self.create(settings.to_yaml(), info)
 
 
 TENSORBOARD_MISSING = (
     "note: train.tensorboard is on but the tensorboard package is not installed "
-    "(pip install 'ddpmkit[tensorboard]'): logging to log.jsonl only"
+    "(pip install -e '.[tensorboard]' in the ddpmkit clone): logging to the run log only"
 )
 
 
@@ -157,17 +122,3 @@ class JsonlLogger:
             self._fh = None
         if self.tensorboard is not None:
             self.tensorboard.close()
-
-
-def read_log(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash
-    return out

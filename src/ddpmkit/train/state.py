@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ddpmkit import __version__
-from ddpmkit.checkpoint import EMA_FILE, MODEL_FILE, STATE_FILE, load_state, load_weights, save_checkpoint
+from ddpmkit.checkpoint import load_state, load_weights, save_checkpoint
+from ddpmkit.runfolder import EMA_FILE, MODEL_FILE, STATE_FILE, RunFolder
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.nn import UNet
 from ddpmkit.settings import Settings, settings_from_dict
@@ -151,8 +152,7 @@ def trim_to_ema(ckpt_root: Path, keep_full: int) -> list[Path]:
     checkpoints: the EMA weights, what `sample` uses, stay (a quarter of a full checkpoint with
     Adam's two moments). The newest complete checkpoint, the one `--resume` takes, is never
     trimmed. Returns the folders trimmed."""
-    full = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir() and (p / STATE_FILE).exists()
-                  and (p / EMA_FILE).exists() and not p.name.endswith(".tmp"))
+    full = [p for p in RunFolder(ckpt_root.parent).checkpoint_folders(resumable=True) if (p / EMA_FILE).is_file()]
     trimmed = []
     for folder in full[: -max(1, keep_full)]:
         for name in (STATE_FILE, MODEL_FILE):  # state.pt first: without it the folder is no resume point

@@ -19,7 +19,6 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch import Tensor, nn
 
-from ddpmkit.checkpoint import step_dir_name
 from ddpmkit.conditioning import draw_condition
 from ddpmkit.data.loader import ImageBatches
 from ddpmkit.device import DistInfo, autocast
@@ -32,6 +31,7 @@ from ddpmkit.settings import TrainConfig
 from ddpmkit.train.optim import lr_at, set_lr
 from ddpmkit.train.periodic import Periodic, StopSignals
 from ddpmkit.train.progress import Plan, TrainProgress
+from ddpmkit.runfolder import step_dir_name
 from ddpmkit.train.rundir import JsonlLogger, RunDir
 from ddpmkit.train.state import TrainState
 
@@ -145,7 +145,7 @@ class Trainer:
                 self.log(f"resuming {self.run_dir.path} from step {self.state.step} (epoch {self.state.epoch})")
                 self.run_dir.update_info(total_steps=self.total)
         elif d.is_main:
-            self.run_dir.create(self.state.settings, self.run_info)
+            self.run_dir.create_for(self.state.settings, self.run_info)
         self._mark = (time.perf_counter(), self.state.step)
         self.plan.start = self.state.step
         if d.is_main:
@@ -198,7 +198,7 @@ class Trainer:
                     self.periodic.final_preview(st.ema.model, st.step, self.log)
                 self._report()
         except NonFinite as e:
-            latest = self.run_dir.latest()
+            latest = self.run_dir.latest_checkpoint(resumable=True)
             kept = f"the last good checkpoint ({latest.name}) is kept" if latest else "no checkpoint was written"
             raise DdpmkitError(f"training stopped: {e}; {kept}; lower train.lr or check the data") from None
         finally:
