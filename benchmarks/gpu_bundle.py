@@ -124,7 +124,7 @@ def make_subset(root: Path, work: Path, n: int) -> Path:
 def prepare_cache(subset: Path, work: Path, n: int) -> Path:
     """`ddpmkit prepare` of the subset at 64 px, DDIM crop, train split; returns the cache folder."""
     cache_dir = work / "cache"
-    cmd = [sys.executable, "-m", "ddpmkit", "prepare", "--preset", "celeba64", "--root", str(subset), "--size", "64",
+    cmd = [sys.executable, "-m", "ddpmkit", "prepare", "--preset", "celeba64", "--data-root", str(subset), "--size", "64",
            "--crop", "ddim", "--split", "train", "--cache-dir", str(cache_dir)]
     r = run(cmd, work / "logs" / "prepare.log", timeout=600, env=python_env())
     if r.code != 0:
@@ -146,7 +146,7 @@ def reference_stats(cache: Path, work: Path, main: Path, n_ref: int, weights: Pa
     say(f"FID reference statistics of {n_ref} images on {os.cpu_count()} CPU cores "
         "(about 0.5 s per image on 2 busy cores; cached in .gpu_bundle/work for the next run) ...")
     cmd = [sys.executable, "-m", "ddpmkit", "fid", str(cache), str(cache), "--n", str(n_ref), "--set", f"fid.ref_n={n_ref}",
-           "--set", f"data.cache_dir={work}", "--device", "cpu", "--out", str(out), "--force"]
+           "--set", f"data.cache_dir={work}", "--device", "cpu", "--out-json", str(out), "--force"]
     r = run(cmd, work / "logs" / "fid.log", timeout=4 * 3600, env=python_env(extra={"DDPMKIT_FID_WEIGHTS": str(weights)}))
     if r.code != 0:
         fail(f"ddpmkit fid failed (exit {r.code}):\n{r.tail(8)}")

@@ -82,7 +82,7 @@ def stage_pack(ctx: Ctx, res: Result) -> None:
 
     m = ctx.manifest()["pack"]
     shutil.rmtree(pack_cache(ctx), ignore_errors=True)
-    r = ctx.ddpmkit("pack", "prepare", "--root", str(ctx.main / PACK_IMAGES), "--set", "data.dataset=folder", "--crop", "full",
+    r = ctx.ddpmkit("pack", "prepare", "--data-root", str(ctx.main / PACK_IMAGES), "--set", "data.dataset=folder", "--crop", "full",
                     "--size", str(m["size"]), "--split", "all", "--cache-dir", str(pack_cache(ctx)))
     caches = [c.parent for c in pack_cache(ctx).glob("*/COMPLETE")]
     if r.code != 0 or len(caches) != 1:
@@ -216,7 +216,7 @@ def stage_fid(ctx: Ctx, res: Result) -> None:
         images, out = ctx.work / "samples" / label / "images", ctx.work / f"fid_{label}.json"
         if not images.is_dir():
             raise StageFailed(f"no samples at {images}: the sample stage must pass first")
-        r = ctx.ddpmkit("fid", "fid", str(images), str(ref_full), "--out", str(out), "--force", "--device", ctx.prof.device,
+        r = ctx.ddpmkit("fid", "fid", str(images), str(ref_full), "--out-json", str(out), "--force", "--device", ctx.prof.device,
                         "--batch-size", "200", "--set", f"data.cache_dir={ctx.work / 'fid_cache'}")
         if r.code != 0 or not out.is_file():
             raise StageFailed(f"ddpmkit fid of {label} failed (exit {r.code})")

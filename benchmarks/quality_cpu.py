@@ -184,7 +184,7 @@ def evaluate(a: argparse.Namespace, ckpt: Path, sampler: str, steps: int, x0: st
         out = Path(tmp) / "fid.json"
         cmd = [sys.executable, "-m", "ddpmkit", "fid", str(ckpt), "--n", str(a.eval_n), "--sampler", sampler,
                "--steps", str(steps), "--device", a.device, "--set", f"sample.x0={x0}", "--set", f"fid.ref_n={a.ref_n}",
-               "--set", f"data.cache_dir={a.cache_dir}", "--out", str(out)]
+               "--set", f"data.cache_dir={a.cache_dir}", "--out-json", str(out)]
         if a.eval_batch:
             cmd += ["--batch-size", str(a.eval_batch)]
         t0 = time.time()

@@ -8,7 +8,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from ddpmkit.sections import FID_WEIGHTS_ENV
+from ddpmkit.settings import FID_WEIGHTS_ENV
 from ddpmkit.settings import Settings, build_settings, deep_merge
 
 REPO = Path(__file__).resolve().parents[1]

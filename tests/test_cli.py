@@ -173,7 +173,7 @@ def test_inspect_a_prepared_cache_never_writes_into_it(tmp_path, monkeypatch):
     for i, img in enumerate(make_faces(4, 24, seed=1)):
         Image.fromarray(img.permute(1, 2, 0).numpy()).save(faces / f"{i}.png")
     monkeypatch.chdir(tmp_path)
-    r = invoke("prepare", "--root", faces, "--size", "16", "--crop", "full", "--cache-dir", "cache",
+    r = invoke("prepare", "--data-root", faces, "--size", "16", "--crop", "full", "--cache-dir", "cache",
                "--workers", "1", "--set", "data.dataset=folder")
     assert r.exit_code == 0, r.output
     (cache,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
@@ -183,7 +183,7 @@ def test_inspect_a_prepared_cache_never_writes_into_it(tmp_path, monkeypatch):
     assert "per split" in r.output and "size on disk" in r.output
     assert sorted(p.name for p in cache.iterdir()) == before  # no preview.png in the data
     assert (tmp_path / "outputs" / "previews" / f"{cache.name}.png").is_file()
-    r = invoke("inspect", cache, "--preview", tmp_path / "p.png")
+    r = invoke("inspect", cache, "--preview-png", tmp_path / "p.png")
     assert r.exit_code == 0 and Image.open(tmp_path / "p.png").size == (7 * (4 * 18 + 2), 7 * (18 + 2))  # enlarged to 512
 
 

@@ -25,7 +25,7 @@ from ddpmkit.nn import UNet
 from ddpmkit.samplers import PerImageNoise, make_sampler, sample
 from ddpmkit.samplers.guidance import guided_eps
 from ddpmkit.schedule import NoiseSchedule
-from ddpmkit.sections import SampleConfig
+from ddpmkit.settings import SampleConfig
 from ddpmkit.train import train
 from ddpmkit.train.launch import conditioning
 

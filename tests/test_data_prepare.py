@@ -17,6 +17,7 @@ from ddpmkit.data.celeba import read_partition
 from ddpmkit.data.crops import load_square
 from ddpmkit.train.data import load_training_images
 from ddpmkit.errors import DdpmkitError
+from ddpmkit.images import preview_grid
 from ddpmkit.settings import DataConfig
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "celeba"
@@ -183,7 +184,7 @@ def _app() -> typer.Typer:
 
 
 def test_cli_prepare_prints_layout_counts_and_table(root, tmp_path):
-    args = ["prepare", "--root", str(root), "--cache-dir", str(tmp_path), "--size", "32", "--split", "val", "--workers", "1"]
+    args = ["prepare", "--data-root", str(root), "--cache-dir", str(tmp_path), "--size", "32", "--split", "val", "--workers", "1"]
     r = CliRunner().invoke(_app(), args)
     assert r.exit_code == 0, r.output
     n_val = sum(PART[n] == 1 for n in PICK)
@@ -205,7 +206,7 @@ def test_describe_preview_and_load_training_images(built, tmp_path):
     info = C.describe_cache(res.path)
     assert info["images"] == len(PICK) and info["per_split"]["val"] == res.counts["per_split"]["val"]
     assert info["settings"]["crop"] == "ddim" and info["bytes"] > len(PICK) * 3 * 64 * 64
-    png = C.preview_grid(res.path, tmp_path / "grid.png", n=16)
+    png = preview_grid(C.open_images(res.path), tmp_path / "grid.png", n=16)
     assert Image.open(png).size == (8 * 66 + 2, 2 * 66 + 2)
     images, meta = load_training_images(cfg)
     assert isinstance(images, np.memmap) and images.shape == (len(PICK), 3, 64, 64)

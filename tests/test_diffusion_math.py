@@ -13,7 +13,6 @@ from ddpmkit.diffusion import (
     dynamic_threshold,
     eps_from_x0,
     p_mean_variance,
-    predict_eps_from_x0,
     predict_x0_from_eps,
     q_posterior,
     q_sample,
@@ -122,7 +121,8 @@ def test_x0_eps_round_trip(sched):
     t = torch.tensor([0, 10, 500, 990])
     xt = q_sample(sched, x0, t, eps)
     assert torch.allclose(predict_x0_from_eps(sched, xt, t, eps), x0, atol=1e-6)
-    assert torch.allclose(predict_eps_from_x0(sched, xt, t, x0), eps, atol=1e-6)
+    alpha_bar = sched.alphas_cumprod[t].reshape(-1, 1, 1, 1)
+    assert torch.allclose(eps_from_x0(xt, x0, alpha_bar), eps, atol=1e-6)
 
 
 def test_reverse_mean_with_true_eps_is_the_posterior_mean():
@@ -132,11 +132,11 @@ def test_reverse_mean_with_true_eps_is_the_posterior_mean():
     eps = torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64)
     t = torch.tensor([1, 50, 700])
     xt = q_sample(sched, x0, t, eps)
-    mean, log_var, x0_hat = p_mean_variance(sched, xt, t, eps, "fixed_small", clip_x0=False)
+    mean, log_var, x0_hat = p_mean_variance(sched, xt, t, eps, "fixed_small", x0_mode="none")
     post_mean, _, post_log_var = q_posterior(sched, x0, xt, t)
     assert torch.allclose(mean, post_mean, atol=1e-8)
     assert torch.allclose(log_var, post_log_var)
-    _, log_var_large, _ = p_mean_variance(sched, xt, t, eps, "fixed_large", clip_x0=False)
+    _, log_var_large, _ = p_mean_variance(sched, xt, t, eps, "fixed_large", x0_mode="none")
     assert torch.allclose(log_var_large.flatten(), torch.log(sched.betas[t]))
 
 
@@ -146,7 +146,7 @@ def test_training_loss_is_zero_for_a_perfect_eps_model():
     x0 = torch.rand(8, 3, 4, 4, generator=g) * 2 - 1
     noise = torch.randn(8, 3, 4, 4, generator=g)
     t = torch.randint(0, T, (8,), generator=g)
-    oracle = lambda xt, tt: predict_eps_from_x0(sched, xt, tt, x0)  # noqa: E731
+    oracle = lambda xt, tt: eps_from_x0(xt, x0, sched.alphas_cumprod[tt].reshape(-1, 1, 1, 1))  # noqa: E731
     assert training_loss(oracle, sched, x0, t, noise).item() < 1e-6
     zero = lambda xt, tt: torch.zeros_like(xt)  # noqa: E731
     assert training_loss(zero, sched, x0, t, noise).item() == pytest.approx(noise.pow(2).mean().item())

@@ -28,7 +28,7 @@ from ddpmkit.fid import (
     resolve_weights,
 )
 from ddpmkit.fid.weights import PYTORCH_FID_URL, WEIGHTS_NAME
-from ddpmkit.sections import FID_WEIGHTS_ENV
+from ddpmkit.settings import FID_WEIGHTS_ENV
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:Matrix is singular")
 
@@ -290,7 +290,7 @@ def test_cli_folder_against_cached_reference(folders, feats, tmp_path):
     out = tmp_path / "fid.json"
     args = [
         str(folders["noise"]), str(folders["val_cmp"]), "--n", "20", "--device", "cpu", "--batch-size", "40",
-        "--set", f"fid.weights={WEIGHTS}", "--set", f"data.cache_dir={cache_dir}", "--out", str(out),
+        "--set", f"fid.weights={WEIGHTS}", "--set", f"data.cache_dir={cache_dir}", "--out-json", str(out),
     ]
     r = runner.invoke(_cli(), args)
     assert r.exit_code == 0, r.output
@@ -302,7 +302,7 @@ def test_cli_folder_against_cached_reference(folders, feats, tmp_path):
     expected = frechet_distance(FidStats.from_features(feats["noise"][:20]), FidStats.from_features(feats["val"][:N_CMP]))
     assert result["fid"] == pytest.approx(expected, rel=1e-4)
 
-    # an existing --out is kept unless --force; the reference statistics come from the cache
+    # an existing --out-json is kept unless --force; the reference statistics come from the cache
     r = runner.invoke(_cli(), args)
     assert r.exit_code == 2 and "--force" in r.output
     r = runner.invoke(_cli(), args + ["--force"])
@@ -327,7 +327,7 @@ def test_cli_checkpoint_of_the_demo_data_against_generated_faces(tmp_path):
     args = [
         str(tmp_path / "run"), "--n", "6", "--steps", "2", "--sampler", "ddim", "--device", "cpu",
         "--set", f"fid.weights={WEIGHTS}", "--set", "fid.ref_n=8", "--set", f"data.cache_dir={tmp_path / 'cache'}",
-        "--out", str(out),
+        "--out-json", str(out),
     ]
     r = CliRunner().invoke(_cli(), args)
     assert r.exit_code == 0, r.output

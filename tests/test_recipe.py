@@ -15,7 +15,7 @@ from ddpmkit.cli.app import app
 from ddpmkit.diffusion import (
     eps_from_output, eps_from_v, loss_weights, predict_v, q_sample, training_loss, v_from_eps,
 )
-from ddpmkit.generate import eps_fn, generate
+from ddpmkit.generate import Denoiser, eps_fn, generate
 from ddpmkit.images import to_uint8
 from ddpmkit.samplers import make_sampler, sample
 from ddpmkit.schedule import NoiseSchedule, cosine_betas, linear_betas
@@ -102,9 +102,8 @@ def test_a_v_trained_model_trains_and_samples_through_the_cli(tmp_path):
     model, settings, _ = load_model(tmp_path / "run", CPU)
     assert settings.diffusion.prediction == "v"
     # the run's preview grid was drawn from the v-network as an ε-network
-    preview = PreviewGrids.make(NoiseSchedule.from_config(settings.diffusion), settings.sample, n=2, seed=s.train.seed,
-                                out_dir=tmp_path / "preview", shape=(3, 16, 16), device=CPU, precision="fp32",
-                                prediction="v")
+    preview = PreviewGrids.make(Denoiser.for_settings(model, settings, CPU, "fp32"), settings.sample, n=2,
+                                seed=s.train.seed, out_dir=tmp_path / "preview", shape=(3, 16, 16))
     assert preview(model, 3).read_bytes() == (tmp_path / "run" / "samples" / "step_00000003.png").read_bytes()
     r = CliRunner().invoke(app, ["sample", str(tmp_path / "run"), "--n", "2", "--sampler", "ddim", "--steps", "5",
                                  "--out", str(tmp_path / "out")], catch_exceptions=False)

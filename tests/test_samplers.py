@@ -105,9 +105,9 @@ DIFFUSERS_X0 = {
 @pytest.mark.parametrize(
     "T_,steps,variance,clip",
     [
-        (100, 100, "fixed_small", True),
-        (1000, 50, "fixed_small", False),
-        (1000, 25, "fixed_large", True),
+        (100, 100, "fixed_small", "clip_eps"),
+        (1000, 50, "fixed_small", "none"),
+        (1000, 25, "fixed_large", "clip_eps"),
         (1000, 20, "fixed_small", "clip"),
         (1000, 20, "fixed_large", "dynamic"),
     ],
@@ -117,7 +117,7 @@ def test_ddpm_matches_diffusers_ddpm_scheduler(T_, steps, variance, clip):
 
     Both draw z from the same generator in the same order (one randn per step; diffusers skips
     the draw at t = 0, our last step, where neither adds noise), so the noisy paths coincide.
-    clip: the old flag (True = clip_eps, the same as clip for DDPM) or an x0 mode.
+    clip: the x0 mode (clip_eps is the same as clip for DDPM).
     """
     sched = sched_T(T_)
     ours_s = DDPMSampler(sched, "uniform", variance, clip)
@@ -244,9 +244,9 @@ def test_ddim_eta0_is_first_order_dpm_solver_on_any_spacing(spacing, clip):
 def test_ddim_eta1_on_all_steps_is_ddpm():
     """η = 1 gives σ_t² = β̃_t, and eq. 12's mean equals the DDPM posterior mean (Song et al. §4.1)."""
     sched = sched_T(100)
-    ddim = DDIMSampler.from_config(sched, ddim_cfg(spacing="uniform", eta=1.0, clip_x0=True))
+    ddim = DDIMSampler.from_config(sched, ddim_cfg(spacing="uniform", eta=1.0, x0="clip_eps"))
     ddim.set_timesteps(100)
-    ddpm = DDPMSampler(sched, "uniform", "fixed_small", True)
+    ddpm = DDPMSampler(sched, "uniform", "fixed_small", "clip_eps")
     ddpm.set_timesteps(100)
     x = x_T()
     assert_same_trajectory(ours(ddim, x), ours(ddpm, x), rtol=1e-9, atol=1e-9)

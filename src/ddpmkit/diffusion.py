@@ -9,7 +9,7 @@ Names follow Ho et al. (2020); t is the 0-based index described in `schedule.py`
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Optional, Union
+from typing import Callable, Literal, Union
 
 import torch
 import torch.nn.functional as F
@@ -59,13 +59,6 @@ def predict_x0_from_eps(sched: NoiseSchedule, xt: Tensor, t: Tensor, eps: Tensor
     return extract(sched.sqrt_recip_alphas_cumprod, t, xt) * xt - extract(
         sched.sqrt_recipm1_alphas_cumprod, t, xt
     ) * eps
-
-
-def predict_eps_from_x0(sched: NoiseSchedule, xt: Tensor, t: Tensor, x0: Tensor) -> Tensor:
-    """ε = (x_t - √ᾱ_t x_0) / √(1-ᾱ_t), written with the stored 1/√ᾱ_t coefficients."""
-    return (extract(sched.sqrt_recip_alphas_cumprod, t, xt) * xt - x0) / extract(
-        sched.sqrt_recipm1_alphas_cumprod, t, xt
-    )
 
 
 def predict_v(sched: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
@@ -158,16 +151,15 @@ def p_mean_variance(
     t: Tensor,
     eps: Tensor,
     variance: Variance = "fixed_small",
-    clip_x0: bool = True,
-    x0_mode: Optional[X0Mode] = None,
+    x0_mode: X0Mode = "clip",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """p_θ(x_{t-1} | x_t): mean through x̂_0 and the posterior, variance fixed (DDPM §3.2).
 
     fixed_small: σ_t² = β̃_t (the posterior's); fixed_large: σ_t² = β_t, with β̃_2 at t = 1
-    as in DDPM's code. x0_mode (see `x0_and_eps`; None: clip_x0 says clip or none) handles x̂_0;
-    the mean uses x̂_0 alone, so clip and clip_eps agree. Returns (mean, log σ_t², x̂_0).
+    as in DDPM's code. x0_mode (see `x0_and_eps`; DDPM's code clips) handles x̂_0; the mean
+    uses x̂_0 alone, so clip and clip_eps agree. Returns (mean, log σ_t², x̂_0).
     """
-    x0 = handle_x0(predict_x0_from_eps(sched, xt, t, eps), x0_mode or ("clip" if clip_x0 else "none"))
+    x0 = handle_x0(predict_x0_from_eps(sched, xt, t, eps), x0_mode)
     mean, _, log_var = q_posterior(sched, x0, xt, t)
     if variance == "fixed_large":
         large = torch.cat([sched.posterior_variance[1:2], sched.betas[1:]]) if sched.T > 1 else sched.betas
@@ -184,14 +176,13 @@ def p_sample_step(
     eps: Tensor,
     noise: Tensor,
     variance: Variance = "fixed_small",
-    clip_x0: bool = True,
-    x0_mode: Optional[X0Mode] = None,
+    x0_mode: X0Mode = "clip",
 ) -> tuple[Tensor, Tensor]:
     """One ancestral step x_t -> x_{t-1} = μ_θ + σ_t z (Algorithm 2); no noise is added at t = 0.
 
     Returns (x_{t-1}, x̂_0).
     """
-    mean, log_var, x0 = p_mean_variance(sched, xt, t, eps, variance, clip_x0, x0_mode)
+    mean, log_var, x0 = p_mean_variance(sched, xt, t, eps, variance, x0_mode)
     nonzero = (t != 0).to(xt.dtype).reshape(-1, *([1] * (xt.ndim - 1)))
     return mean + nonzero * torch.exp(0.5 * log_var) * noise, x0
 

@@ -1,17 +1,27 @@
-"""From a network to images: wrap it as ε(x_t, t), run a sampler over batches of noise."""
+"""From a network to images: open a run as a network ready to sample (`load_run` -> `Denoiser`),
+wrap it as ε(x_t, t), run a sampler over batches of noise.
+
+    run = load_run("runs/demo", device)            # network, settings, step, schedule
+    eps = run.denoiser.eps()                       # ε(x_t, t) for every sampler (a v-network too)
+    for x in generate(eps, make_sampler(run.sched, cfg), 16, run.shape, seed=0, batch_size=16, device=device): ...
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
+from ddpmkit.checkpoint import load_model
 from ddpmkit.device import autocast
 from ddpmkit.diffusion import EpsModel, Prediction, eps_from_output
 from ddpmkit.samplers import PerImageNoise, Sampler, StepCallback, sample
 from ddpmkit.samplers.guidance import guided_eps
 from ddpmkit.schedule import NoiseSchedule
+from ddpmkit.settings import Settings
 
 
 def eps_fn(
@@ -68,3 +78,69 @@ def generate(
                    callback=callback if done == 0 else None)
         yield x.clamp(-1, 1)
         done += b
+
+
+@dataclass(frozen=True)
+class Denoiser:
+    """A network ready to sample: its schedule, what it predicts (ε or v) and where it runs.
+    `eps()` is the ε-model every sampler takes; nothing below this asks a caller for `prediction`."""
+
+    model: nn.Module
+    sched: NoiseSchedule  # on `device`
+    prediction: Prediction
+    device: torch.device
+    precision: str = "auto"
+
+    def eps(self, cond: Optional[Tensor] = None, guidance: float = 1.0) -> EpsModel:
+        """ε(x_t, t); with `cond` (K,) attributes, classifier-free guided with weight `guidance`."""
+        return eps_fn(self.model, self.device, self.precision, prediction=self.prediction, sched=self.sched,
+                      cond=cond, guidance=guidance)
+
+    def with_model(self, model: nn.Module) -> "Denoiser":
+        """The same denoiser around another network of the run (e.g. the EMA copy as it is now)."""
+        return replace(self, model=model)
+
+    @classmethod
+    def for_settings(cls, model: nn.Module, settings: Settings, device: torch.device,
+                     precision: str = "auto") -> "Denoiser":
+        """`model`, trained with `settings`, ready to sample on `device`."""
+        sched = NoiseSchedule.from_config(settings.diffusion).to(device)
+        return cls(model, sched, settings.diffusion.prediction, device, precision)
+
+
+@dataclass(frozen=True)
+class OpenRun:
+    """A run (or checkpoint, or weights file) opened for sampling."""
+
+    path: Path  # as given: run folder, checkpoint folder or .safetensors file
+    settings: Settings
+    step: int  # the training step of the weights
+    denoiser: Denoiser
+
+    @property
+    def model(self) -> nn.Module:
+        return self.denoiser.model
+
+    @property
+    def sched(self) -> NoiseSchedule:
+        return self.denoiser.sched
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        size = self.settings.data.size
+        return (self.settings.model.in_channels, size, size)
+
+    @property
+    def label(self) -> str:
+        """RUNNAME-stepN: the start of every output folder's default name."""
+        return f"{self.path.resolve().name}-step{self.step}"
+
+
+def load_run(path: Path, device: torch.device, *, ema: bool = True, fallback_settings: Optional[Settings] = None,
+             precision: str = "auto") -> OpenRun:
+    """Open a run folder, checkpoint folder or .safetensors file for sampling: its network (EMA
+    weights unless ema=False) in eval mode on `device`, its settings (a foreign weights file takes
+    `fallback_settings`), step and schedule. One-line errors for what does not fit."""
+    model, settings, step = load_model(path, device, use_ema=ema, fallback_settings=fallback_settings)
+    return OpenRun(Path(path), settings, step, Denoiser.for_settings(model, settings, device, precision))

@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from ddpmkit.data.crops import crop_box, to_rgb
+from ddpmkit.data.crops import crop_box, load_square, to_rgb
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.io_utils import atomic_path
 
@@ -91,6 +91,14 @@ def save_grid(
     grid = make_grid_image(x, nrow=nrow, padding=padding)
     factor = readable_scale(*grid.size) if scale is None else int(scale)
     return save_png(scale_nearest(grid, factor), path)
+
+
+def preview_grid(images: np.ndarray, out_png: Path | str, n: int = 64) -> Path:
+    """The first `n` of `images` ((N, 3, S, S) uint8, e.g. a prepared cache's) as one PNG grid,
+    8 per row. Returns `out_png`."""
+    n = max(1, min(n, len(images)))
+    x = torch.from_numpy(np.array(images[:n])).float().div_(127.5).sub_(1.0)  # (n, 3, S, S) in [-1, 1]
+    return save_grid(x, out_png, nrow=8, padding=2)
 
 
 def save_images(x: Tensor, out_dir: Path | str, prefix: str = "sample", start: int = 0) -> list[Path]:
@@ -215,6 +223,17 @@ def require_file(path: Path) -> None:
         raise DdpmkitError(f"expected an image file, got a directory: {path}")
 
 
+def _unreadable(path: Path, e: Exception) -> DdpmkitError:
+    """The one-line error for an image file that does not decode."""
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if isinstance(e, UnidentifiedImageError):
+        reason = "not a readable image file"
+    return DdpmkitError(f"cannot read image {path}: {reason}")
+
+
+DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError)
+
+
 def load_image(path: Path | str, size: int | None = None) -> Tensor:
     """Read an image file as (1, 3, S, S) float32 in [-1, 1].
 
@@ -229,15 +248,38 @@ def load_image(path: Path | str, size: int | None = None) -> Tensor:
         with Image.open(path) as im:
             im.load()  # decode now, so a truncated file fails here and not later
             img = center_square(to_rgb(im))  # inside `with`: to_rgb may return `im` itself
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if isinstance(e, UnidentifiedImageError):
-            reason = "not a readable image file"
-        raise DdpmkitError(f"cannot read image {path}: {reason}") from None
+    except DECODE_ERRORS as e:
+        raise _unreadable(path, e) from None
     if size is not None and img.width != size:
         img = img.resize((size, size), Image.Resampling.LANCZOS)
     arr = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float()
     return (arr / 127.5 - 1.0).unsqueeze(0)
+
+
+def load_face(path: Path | str, crop: str, size: int) -> tuple[Tensor, tuple[int, int]]:
+    """An image file as a run's data was prepared: (3, S, S) uint8, cut with the run's `crop`
+    (`data.crops`: CelebA's boxes; another aspect ratio: the centre square) and resized to S =
+    `size`; and the file's (width, height). One-line errors naming the path."""
+    path = Path(path)
+    require_file(path)
+    try:
+        with Image.open(path) as im:
+            image_size = im.size
+        pixels = load_square(str(path), crop, size)
+    except DECODE_ERRORS as e:
+        raise _unreadable(path, e) from None
+    return torch.from_numpy(pixels.copy()), image_size
+
+
+def check_image(path: Path | str) -> None:
+    """Decode an image file once, so a missing or truncated file fails before slow work starts."""
+    path = Path(path)
+    require_file(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except DECODE_ERRORS as e:
+        raise _unreadable(path, e) from None
 
 
 def center_square(img: Image.Image) -> Image.Image:

@@ -12,18 +12,21 @@ The path between them is spherical (`samplers.slerp`) and every point is decoded
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
-from ddpmkit.data.crops import load_square
 from ddpmkit.diffusion import EpsModel
-from ddpmkit.errors import DdpmkitError
-from ddpmkit.images import make_grid_image, save_gif, save_grid, scale_nearest
-from ddpmkit.samplers import PerImageNoise, Sampler, sample
+from ddpmkit.generate import OpenRun
+from ddpmkit.images import load_face, make_grid_image, save_gif, save_grid, save_images, scale_nearest
+from ddpmkit.samplers import PerImageNoise, Sampler, make_sampler, sample
+from ddpmkit.samplers.inversion import ddim_invert, invertible_ddim
+from ddpmkit.samplers.slerp import slerp_path
+from ddpmkit.settings import SampleConfig
 
 GIF_MIN_SIDE = 128  # GIF frames are enlarged (nearest) to at least this side
 FRAME_MS = 100  # each GIF frame's time
@@ -35,20 +38,11 @@ def seed_noise(seed: int, shape: tuple[int, int, int], device: torch.device | st
     return PerImageNoise(seed, 0, 1, device).randn((1, *shape))
 
 
-def load_face(path: Path, crop: str, size: int) -> Tensor:
-    """One image as the run's data was prepared: (1, 3, size, size) float32 in [-1, 1], on the CPU.
-
-    crop: the run's data.crop (CelebA boxes; other aspect ratios: the centre square)."""
-    if not path.exists():
-        raise DdpmkitError(f"image not found: {path}")
-    if path.is_dir():
-        raise DdpmkitError(f"expected an image file, got a directory: {path}")
-    try:
-        pixels = load_square(str(path), crop, size)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        reason = "not a readable image file" if isinstance(e, UnidentifiedImageError) else str(e).splitlines()[0]
-        raise DdpmkitError(f"cannot read image {path}: {reason or type(e).__name__}") from None
-    return (torch.from_numpy(pixels.copy()).float() / 127.5 - 1.0).unsqueeze(0)
+def face_x0(path: Path, crop: str, size: int) -> Tensor:
+    """One image as the run's data was prepared (`images.load_face`): (1, 3, size, size) float32
+    in [-1, 1], on the CPU."""
+    pixels, _ = load_face(path, crop, size)
+    return (pixels.float() / 127.5 - 1.0).unsqueeze(0)
 
 
 def decode(
@@ -96,3 +90,60 @@ def reconstruction_error(x: Tensor, target: Tensor) -> tuple[float, float]:
     mse = float(diff.square().mean())
     psnr = math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
     return float(diff.abs().mean()), psnr
+
+
+@dataclass
+class Walk:
+    """A decoded walk: frames (F, 3, H, W) in [-1, 1]; from images also the two inputs (2, 3, H, W)
+    as the model saw them. All on the CPU."""
+
+    frames: Tensor
+    inputs: Optional[Tensor] = None
+
+
+def walk_sampler(run: OpenRun, cfg: SampleConfig, from_images: bool) -> Sampler:
+    """Deterministic DDIM with cfg.steps steps; from images, the one DDIM inversion can undo."""
+    if from_images:
+        return invertible_ddim(run.sched, cfg.steps, cfg.spacing)
+    return make_sampler(run.sched, cfg)
+
+
+def walk_calls(sampler: Sampler, frames: int, batch_size: int, from_images: bool, refine: int) -> int:
+    """Network calls a walk makes: decoding every batch of frames, and inverting the two images."""
+    n = len(sampler.timesteps)
+    return n * -(-frames // batch_size) + (n * (1 + refine) if from_images else 0)
+
+
+def walk(run: OpenRun, sampler: Sampler, ends: list[int] | list[Tensor], frames: int, batch_size: int, *,
+         refine: int = 0, eps_wrap: Optional[Callable[[EpsModel], EpsModel]] = None,
+         on_batch: Optional[Callable[[int], None]] = None) -> Walk:
+    """The walk between two seeds (their x_T as `sample` draws image 0) or two images ((1, 3, S, S)
+    in [-1, 1], encoded to x_T by DDIM inversion with `refine` extra calls a step): the slerp path
+    decoded by `sampler` in batches (on_batch(done) after each). eps_wrap may wrap the ε-model."""
+    eps = run.denoiser.eps()
+    eps = eps_wrap(eps) if eps_wrap is not None else eps
+    dev = run.denoiser.device
+    inputs = None
+    if isinstance(ends[0], Tensor):
+        x0 = torch.cat(list(ends)).to(dev)
+        z = ddim_invert(eps, sampler, x0, refine=refine)
+        inputs, z0, z1 = x0.cpu(), z[:1], z[1:]
+    else:
+        z0, z1 = seed_noise(int(ends[0]), run.shape, dev), seed_noise(int(ends[1]), run.shape, dev)
+    path = decode(eps, sampler, slerp_path(z0, z1, frames), batch_size, on_batch=on_batch)
+    return Walk(path.cpu(), inputs)
+
+
+def write_walk(out_dir: Path, result: Walk, scale: Optional[int], bounce: bool) -> list[tuple[float, float]]:
+    """strip.png, interpolation.gif, frames/frame_NNNNN.png; from images, inputs.png (the two
+    images as the model saw them). Returns, from images, each end's (mean error in 8-bit levels,
+    PSNR) against its input; else []."""
+    x = result.frames
+    save_strip(x, out_dir / "strip.png", scale)
+    save_interpolation_gif(x, out_dir / "interpolation.gif", bounce)
+    (out_dir / "frames").mkdir(exist_ok=True)
+    save_images(x, out_dir / "frames", prefix="frame")
+    if result.inputs is None:
+        return []
+    save_grid(result.inputs, out_dir / "inputs.png", nrow=2, scale=scale)
+    return [reconstruction_error(x[0], result.inputs[0]), reconstruction_error(x[-1], result.inputs[1])]

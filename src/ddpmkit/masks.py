@@ -25,8 +25,9 @@ from torch import Tensor
 
 from ddpmkit.data.crops import CELEBA_H, CELEBA_W, crop_box
 from ddpmkit.errors import DdpmkitError
+from ddpmkit.settings import MASK_NAMES
 
-MASKS = ("box", "left", "right", "top", "bottom", "eyes", "mouth", "random")
+MASKS = MASK_NAMES
 Frac = tuple[float, float, float, float]  # (left, top, right, bottom), fractions of the side
 
 # eye and mouth boxes on the aligned 178x218 CelebA image, pixels (left, top, right, bottom)

@@ -1,11 +1,13 @@
-"""Options and error handling shared by every subcommand."""
+"""What every subcommand shares: the consoles, error handling, settings resolution, and the steps
+of the commands that sample from a run (open it, name the output folder, count network calls)."""
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -13,7 +15,9 @@ from rich.markup import escape
 from typing_extensions import Annotated
 
 from ddpmkit.errors import DdpmkitError
+from ddpmkit.io_utils import free_dir
 from ddpmkit.progress import make_console
+from ddpmkit.runfolder import RunFolder, newest_run
 from ddpmkit.settings import (
     DEFAULT_PRESET,
     PRESET_MACHINE,
@@ -26,6 +30,11 @@ from ddpmkit.settings import (
     read_yaml,
 )
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from ddpmkit.generate import OpenRun
+
 # stderr for messages and progress, stdout for results; neither wraps lines when piped to a file
 console = make_console(stderr=True)
 out = make_console(stderr=False)
@@ -36,9 +45,6 @@ ConfigOpt = Annotated[
 _PRESETS = ", ".join(f"{p} ({PRESET_MACHINE.get(p, 'gpu').upper()})" for p in available_presets())
 PresetOpt = Annotated[
     Optional[str], typer.Option("--preset", help=f"Starting settings: {_PRESETS}.")
-]
-SetOpt = Annotated[
-    Optional[list[str]], typer.Option("--set", help="Override any setting: --set train.lr=1e-4 (repeatable).")
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -130,3 +136,71 @@ def from_preset(help_text: str, key: str, preset: str = DEFAULT_PRESET, what: st
 def default_is(text: str) -> str:
     """A help text's "[default: ...]" for a default that is not a plain value (rich-escaped)."""
     return escape(f"[default: {text}]")
+
+
+def open_run(run: Optional[Path], asked: "Settings", no_ema: bool) -> tuple["OpenRun", bool]:
+    """RUN (else the newest run under runs/ with a checkpoint) opened for sampling on the asked
+    device; `asked` describes foreign weights. Returns (the run, whether it was the newest)."""
+    # lazy: torch and the model code load when a command runs, not for `ddpmkit --help`
+    from ddpmkit.device import resolve_device
+    from ddpmkit.generate import load_run
+
+    path = run if run is not None else newest_run(need_checkpoint=True)
+    return load_run(path, resolve_device(asked.train.device), ema=not no_ema, fallback_settings=asked), run is None
+
+
+def say_which_run(run: "OpenRun", newest: bool, doing: str) -> None:
+    """Say which run a command took when it took the newest one ("sampling from the newest run:
+    ..."), and warn when the checkpoint is far short of its run's plan (`short_of_plan`)."""
+    from ddpmkit.checkpoint import resolve_checkpoint  # lazy: torch
+
+    if newest:
+        console.print(f"{doing} the newest run: {run.path} (step {run.step:,})", markup=False)
+    short = short_of_plan(resolve_checkpoint(run.path).path, run.step)
+    if short:
+        console.print(f"[yellow]warning:[/] {short}", soft_wrap=True)
+
+
+def short_of_plan(ckpt: Path, step: int) -> Optional[str]:
+    """A warning when the checkpoint is far short of its run's planned steps (total_steps in its run info)."""
+    run = RunFolder.of_checkpoint(ckpt) or RunFolder(ckpt)
+    total = run.read_info().get("total_steps")
+    if not isinstance(total, int) or total <= 0 or step >= total / 2:
+        return None
+    outcome = "samples will be noise" if step < total / 10 else "samples will be rough"
+    return f"step {step:,} of {total:,}: {outcome} (train on: ddpmkit train --run-dir {run.path} --resume)"
+
+
+def output_folder(out: Optional[Path], force: bool, default: Path) -> Path:
+    """--out (refused if it holds files, unless --force), else a fresh folder named after the run.
+    Checks that it can be made (no file in its place or above it, a writable parent); makes nothing."""
+    if out is not None:
+        if out.is_dir() and any(out.iterdir()) and not force:
+            raise DdpmkitError(f"output folder {out} already holds files; pass --force or choose another --out")
+        target = out
+    else:
+        target = free_dir(default)
+    for p in [target, *target.parents]:
+        if not p.exists():
+            continue
+        if not p.is_dir():
+            where = f"output folder {target}" if p == target else f"{p} (on the way to {target})"
+            raise DdpmkitError(f"{where} is a file, not a folder: choose another --out")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise DdpmkitError(f"cannot write into {p} (permission denied): choose another --out")
+        break
+    return target
+
+
+def counted(eps: Callable[..., "Tensor"], on_call: Callable[[int], None]) -> Callable[..., "Tensor"]:
+    """eps(x_t, t) that reports the number of network calls so far after each one."""
+    calls = 0
+
+    def eps_counted(x: "Tensor", t: "Tensor") -> "Tensor":
+        nonlocal calls
+        e = eps(x, t)
+        calls += 1
+        on_call(calls)
+        return e
+
+    return eps_counted

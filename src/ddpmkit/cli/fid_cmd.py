@@ -20,7 +20,7 @@ from rich.table import Table
 from typing_extensions import Annotated
 
 from ddpmkit.cli.common import ConfigOpt, PresetOpt, console, out, resolve_sample_config, user_errors
-from ddpmkit.cli.options import preset_default, set_option, settings_with_options
+from ddpmkit.cli.options import DeviceOpt, n_option, preset_default, set_option, settings_with_options
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.io_utils import write_text_atomic
 from ddpmkit.progress import Progress
@@ -107,21 +107,18 @@ def _source_stats(source, ex, cache_dir: Path, what: str):
 def _generated_stats(path: Path, asked: Settings, ex, dev, config, sets, opts: dict[str, Any]):
     """Statistics of n samples from a checkpoint; returns (stats, description, its settings, colour)."""
     # lazy: torch and the model code load for the work, not for `ddpmkit --help`
-    from ddpmkit.checkpoint import load_model
     from ddpmkit.fid import ColourAccumulator
-    from ddpmkit.generate import eps_fn, generate
+    from ddpmkit.generate import generate, load_run
     from ddpmkit.images import to_uint8
     from ddpmkit.samplers import make_sampler
-    from ddpmkit.schedule import NoiseSchedule
 
-    model, settings, step = load_model(path, dev, fallback_settings=asked)
+    run = load_run(path, dev, fallback_settings=asked)
+    settings = run.settings
     cfg = resolve_sample_config(settings.sample, settings.diffusion.timesteps, config, sets, opts)
-    sched = NoiseSchedule.from_config(settings.diffusion).to(dev)
-    sampler = make_sampler(sched, cfg)
+    sampler = make_sampler(run.sched, cfg)
     n, calls = asked.fid.n, len(sampler.timesteps)
     warn_if_few(n, "SOURCE")
-    shape = (settings.model.in_channels, settings.data.size, settings.data.size)
-    eps = eps_fn(model, dev, prediction=settings.diffusion.prediction, sched=sched)
+    eps = run.denoiser.eps()
     what = f"sampling {n:,} images ({cfg.sampler}, {calls} steps, on {dev}) for their Inception features"
     with _progress(what, n) as bar:
 
@@ -130,11 +127,11 @@ def _generated_stats(path: Path, asked: Settings, ex, dev, config, sets, opts: d
             bar.advance(x.shape[0] / calls)
             return e
 
-        images = generate(counted_eps, sampler, n, shape, seed=cfg.seed, batch_size=cfg.batch_size, device=dev)
+        images = generate(counted_eps, sampler, n, run.shape, seed=cfg.seed, batch_size=cfg.batch_size, device=dev)
         colour = ColourAccumulator()
         stats = ex.stats(colour.tap((to_uint8(x) for x in images), n))
     desc = {"kind": "checkpoint", "path": str(path), "sampler": cfg.sampler, "steps": cfg.steps, "eta": cfg.eta,
-            "seed": cfg.seed, "checkpoint_step": step, "x0": sampler.x0}
+            "seed": cfg.seed, "checkpoint_step": run.step, "x0": sampler.x0}
     return stats, desc, settings, colour.result()
 
 
@@ -179,15 +176,15 @@ def _print_tables(result: dict[str, Any], samples: Optional["ColourStats"], refe
 @user_errors
 def fid(
     source: Annotated[Path, typer.Argument(metavar="SOURCE", help="Run directory / checkpoint (its samples), image folder, prepared cache or .npz stats.")],
-    reference: Annotated[Optional[Path], typer.Argument(metavar="REFERENCE", help="Image folder, prepared cache or .npz stats (default: the prepared split fid.ref_split or data.split).")] = None,
-    n: Annotated[Optional[int], typer.Option("--n", help=f"Images from SOURCE: samples to generate, fid.n ({preset_default('fid.n')}); or the first n of a folder/cache.")] = None,
+    reference: Annotated[Optional[Path], typer.Argument(metavar="[REFERENCE]", help="Image folder, prepared cache or .npz stats (default: the prepared split fid.ref_split or data.split).")] = None,
+    n: n_option(f"Images from SOURCE: samples to generate, fid.n ({preset_default('fid.n')}); or the first n of a folder/cache.") = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help=f"Images per batch, for sampling and for Inception, fid.batch_size ({preset_default('fid.batch_size')}).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Sampling seed.")] = None,
     sampler: Annotated[Optional[str], typer.Option(help="ddpm, ddim or dpmsolver++.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Sampler steps (network calls).")] = None,
-    out_json: Annotated[Optional[Path], typer.Option("--out", help="Write the result as JSON here.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out file.")] = False,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
+    out_json: Annotated[Optional[Path], typer.Option("--out-json", metavar="FILE", help="Write the result as JSON to this file.")] = None,
+    force: Annotated[bool, typer.Option("--force", metavar="", help="Overwrite an existing --out-json file.")] = False,
+    device: DeviceOpt = None,
     config: ConfigOpt = None,
     preset: PresetOpt = None,
     sets: SetOpt = None,
@@ -204,7 +201,7 @@ def fid(
     if not source.exists():
         raise DdpmkitError(f"SOURCE not found: {source}")
     if out_json is not None and out_json.exists() and not force:
-        raise DdpmkitError(f"{out_json} already exists; pass --force to overwrite it")
+        raise DdpmkitError(f"--out-json {out_json} already exists; pass --force to overwrite it")
     options = {"--n": ("fid.n", n), "--batch-size": ("fid.batch_size", batch_size), "--device": ("train.device", device)}
     asked = settings_with_options(config, preset, sets, options)
     # lazy, and after the checks above: torch loads for the work, not for --help or a typo

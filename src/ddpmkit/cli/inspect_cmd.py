@@ -95,20 +95,22 @@ def _cache_table(info: dict[str, Any]) -> Table:
 
 def _inspect_cache(path: Path, preview: Optional[Path]) -> None:
     """A prepared dataset: its table, and a preview grid written outside the cache (never into it)."""
-    from ddpmkit.data.cache import describe_cache, preview_grid  # lazy: numpy and PIL, for this path only
+    # lazy: numpy, torch and PIL, for this path only
+    from ddpmkit.data.cache import describe_cache, open_images
+    from ddpmkit.images import preview_grid
 
     info = describe_cache(path)
     out.print(_cache_table(info))
     target = preview or PREVIEW_DIR / f"{path.name}.png"
     if preview is not None or not target.exists():
-        preview_grid(path, target)
+        preview_grid(open_images(path), target)
     out.print(f"preview grid: {target}")
 
 
 @user_errors
 def inspect(
-    path: Annotated[Optional[Path], typer.Argument(metavar="PATH", help="Run directory, checkpoint, .safetensors, settings YAML or prepared dataset cache. Omitted: the resolved settings.")] = None,
-    preview: Annotated[Optional[Path], typer.Option(help=f"For a dataset cache: write the preview grid PNG here (default {PREVIEW_DIR}/CACHE.png).")] = None,
+    path: Annotated[Optional[Path], typer.Argument(metavar="[PATH]", help="Run directory, checkpoint, .safetensors, settings YAML or prepared dataset cache. Omitted: the resolved settings.")] = None,
+    preview: Annotated[Optional[Path], typer.Option("--preview-png", metavar="FILE", help=f"For a dataset cache: write the preview grid PNG to this file (default {PREVIEW_DIR}/CACHE.png).")] = None,
     config: ConfigOpt = None,
     preset: PresetOpt = None,
     sets: SetOpt = None,

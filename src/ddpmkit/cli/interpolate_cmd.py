@@ -15,23 +15,23 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import typer
 from typing_extensions import Annotated
 
-from ddpmkit.cli.common import (ConfigOpt, PresetOpt, SetOpt, console, default_is, resolve_sample_config,
-                                resolve_settings, user_errors)
-from ddpmkit.cli.sample_cmd import counted, output_folder, say_which_run
+from ddpmkit.cli.common import (ConfigOpt, PresetOpt, console, counted, default_is, open_run, output_folder,
+                                resolve_sample_config, resolve_settings, say_which_run, user_errors)
+from ddpmkit.cli.options import DeviceOpt, ForceOpt, NoEmaOpt, ProgressOpt, RunArg, out_option, set_option
 from ddpmkit.errors import DdpmkitError
-from ddpmkit.runfolder import newest_run
 from ddpmkit.progress import Progress
-from ddpmkit.sections import MAX_SEED
+from ddpmkit.settings import MAX_SEED
 
 if TYPE_CHECKING:
-    from torch import Tensor
-
+    from ddpmkit.generate import OpenRun
+    from ddpmkit.interpolation import Walk
     from ddpmkit.settings import Settings
 
 MAX_FRAMES = 1000
 MAX_REFINE = 10
 PAIRED = ("--seeds", "--images")  # options that take their two values after one flag
 _NUMBER = re.compile(r"-?\d+$")
+SetOpt = set_option("sample.spacing=trailing")
 
 
 def spread_pairs(args: Sequence[str], names: Sequence[str] = PAIRED) -> list[str]:
@@ -75,7 +75,7 @@ def paired_command(base: type) -> type:
 
 @user_errors
 def interpolate(
-    checkpoint: Annotated[Optional[Path], typer.Argument(metavar="RUN", help="Run directory, checkpoint folder or .safetensors. " + default_is("the newest run under runs/"), show_default=False)] = None,  # noqa: E501
+    run: RunArg = None,
     seeds: Annotated[Optional[list[int]], typer.Option("--seeds", metavar="S0 S1", help="Walk between the x_T of these two seeds: the ends are `ddpmkit sample --seed S --sampler ddim --eta 0` at the same --steps.", show_default=False)] = None,  # noqa: E501
     images: Annotated[Optional[list[Path]], typer.Option("--images", metavar="A B", help="Walk between two real images: each cropped and resized as the run's data was, then encoded to its x_T by DDIM inversion.", show_default=False)] = None,  # noqa: E501
     frames: Annotated[int, typer.Option("--frames", help="Pictures along the walk, both ends included (2 or more).")] = 16,
@@ -83,11 +83,11 @@ def interpolate(
     refine: Annotated[int, typer.Option("--refine", help="With --images: extra network calls per inversion step, each bringing x_t closer to the one that decodes exactly back (0: plain DDIM inversion).")] = 2,  # noqa: E501
     bounce: Annotated[bool, typer.Option("--bounce/--no-bounce", help="The GIF goes there and back (a seamless loop); --no-bounce: forward only, holding the end.")] = True,  # noqa: E501
     scale: Annotated[Optional[int], typer.Option("--scale", help="Enlarge strip.png by this whole factor (nearest). " + default_is("to a readable size"), show_default=False)] = None,  # noqa: E501
-    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder. " + default_is("outputs/samples/RUN-stepN-interp-ddimSTEPS-seedsA-B (or -images-A-B)"), show_default=False)] = None,  # noqa: E501
-    force: Annotated[bool, typer.Option("--force", metavar="", help="Write into --out even if it holds files.")] = False,
-    no_ema: Annotated[bool, typer.Option("--no-ema", metavar="", help="Use the raw weights instead of the EMA.")] = False,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps. " + default_is("auto"), show_default=False)] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", metavar="", show_default=False, help="A bar in a terminal, plain lines when piped (default); --no-progress: neither.")] = True,  # noqa: E501
+    out: out_option("outputs/samples/RUN-stepN-interp-ddimSTEPS-seedsA-B (or -images-A-B)") = None,
+    force: ForceOpt = False,
+    no_ema: NoEmaOpt = False,
+    device: DeviceOpt = None,
+    progress: ProgressOpt = True,
     config: ConfigOpt = None,
     preset: PresetOpt = None,
     sets: SetOpt = None,
@@ -99,27 +99,19 @@ def interpolate(
       ddpmkit interpolate runs/demo --images a.jpg b.jpg --steps 100
     The starting noises are slerped (spherical interpolation) and decoded with DDIM, η = 0.
     """
-    # lazy: torch and the model code load when the command runs, not for `ddpmkit --help`
-    from ddpmkit.checkpoint import load_model
-    from ddpmkit.device import resolve_device
-
     pair = check_options(seeds, images, frames, refine, scale)
-    asked = resolve_settings(config, preset, sets, {"train": {"device": device}})
-    dev = resolve_device(asked.train.device)
-    path = checkpoint if checkpoint is not None else newest_run(need_checkpoint=True)
-    model, settings, step = load_model(path, dev, use_ema=not no_ema, fallback_settings=asked)
-    cfg = ddim_config(settings, config, sets, steps)
+    opened, newest = open_run(run, resolve_settings(config, preset, sets, {"train": {"device": device}}), no_ema)
+    cfg = ddim_config(opened.settings, config, sets, steps)
     ends = "seeds{}-{}".format(*pair) if images is None else "images-{}-{}".format(*(_slug(p) for p in pair))
-    label = f"{Path(path).resolve().name}-step{step}-interp-ddim{cfg.steps}-{ends}"
-    out_dir = output_folder(out, force, cfg.out_dir / label)
-    ends_x = read_ends(pair, images is not None, settings)
+    out_dir = output_folder(out, force, cfg.out_dir / f"{opened.label}-interp-ddim{cfg.steps}-{ends}")
+    ends_x = read_ends(pair, images is not None, opened.settings)
     # everything is checked: from here on, output
-    say_which_run(checkpoint is None, path, step, "interpolating with")
+    say_which_run(opened, newest, "interpolating with")
     how = f"seeds {pair[0]} and {pair[1]}" if images is None else f"{pair[0]} and {pair[1]} (DDIM inversion)"
-    console.print(f"interpolating {frames} frames between {how} with ddim ({cfg.steps} steps) on {dev} from step"
-                  f" {step:,} into {out_dir}", markup=False, soft_wrap=True)
+    console.print(f"interpolating {frames} frames between {how} with ddim ({cfg.steps} steps) on "
+                  f"{opened.denoiser.device} from step {opened.step:,} into {out_dir}", markup=False, soft_wrap=True)
     t0 = time.perf_counter()
-    walk = run_walk(model, settings, cfg, ends_x, images is not None, frames, refine, dev, progress)
+    walk = run_walk(opened, cfg, ends_x, frames, refine, progress)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_outputs(out_dir, walk, scale, bounce)
     console.print(f"wrote {frames} frames in {time.perf_counter() - t0:.1f}s to {out_dir} (strip.png, "
@@ -160,9 +152,9 @@ def read_ends(pair: list[Any], from_images: bool, settings: "Settings") -> list[
     (each (1, 3, S, S) in [-1, 1]): an unreadable image is an error before any output."""
     if not from_images:
         return pair
-    from ddpmkit.interpolation import load_face  # lazy, as in interpolate()
+    from ddpmkit.interpolation import face_x0  # lazy: torch loads when the command runs
 
-    return [load_face(p, settings.data.crop, settings.data.size) for p in pair]
+    return [face_x0(p, settings.data.crop, settings.data.size) for p in pair]
 
 
 def ddim_config(settings: "Settings", config: Optional[Path], sets: Optional[list[str]], steps: Optional[int]) -> Any:
@@ -180,62 +172,25 @@ def _slug(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem)[:40] or "image"
 
 
-def run_walk(model: Any, settings: "Settings", cfg: Any, ends: list[Any], from_images: bool, frames: int,
-             refine: int, dev: Any, progress: bool) -> dict[str, "Tensor"]:
-    """The two x_T (drawn from the two seeds, or inverted from the two (1, 3, S, S) images), the
-    slerp path, decoded with progress. Returns {"frames": (F, 3, H, W)} and, from images, "inputs" and "ends" (their reconstructions)."""
-    # lazy, as in interpolate(): torch loads when the command runs, not for `ddpmkit --help`
-    import torch
+def run_walk(run: "OpenRun", cfg: Any, ends: list[Any], frames: int, refine: int, progress: bool) -> "Walk":
+    """`interpolation.walk` with a bar over its network calls."""
+    from ddpmkit.interpolation import walk, walk_calls, walk_sampler  # lazy, as in interpolate()
 
-    from ddpmkit.generate import eps_fn
-    from ddpmkit.interpolation import decode, seed_noise
-    from ddpmkit.samplers import make_sampler
-    from ddpmkit.samplers.inversion import ddim_invert, invertible_ddim
-    from ddpmkit.samplers.slerp import slerp_path
-    from ddpmkit.schedule import NoiseSchedule
-
-    sched = NoiseSchedule.from_config(settings.diffusion).to(dev)
-    size = settings.data.size
-    smp = invertible_ddim(sched, cfg.steps, cfg.spacing) if from_images else make_sampler(sched, cfg)
-    n = len(smp.timesteps)
-    batches = -(-frames // cfg.batch_size)
-    total = n * batches + (n * (1 + refine) if from_images else 0)
-    result: dict[str, Tensor] = {}
+    from_images = not isinstance(ends[0], int)
+    smp = walk_sampler(run, cfg, from_images)
+    total = walk_calls(smp, frames, cfg.batch_size, from_images, refine)
     # as a context manager, piped, the bar ends with a line of the final count
-    with Progress("interpolate", total, mode="auto" if progress else "off", console=console) as bar:
-        eps = counted(eps_fn(model, dev, prediction=settings.diffusion.prediction, sched=sched), lambda calls: (bar.update(calls), bar.line()))
-        if from_images:
-            bar.update(0, "inverting the images")
-            x0 = torch.cat(ends).to(dev)
-            z = ddim_invert(eps, smp, x0, refine=refine)
-            result["inputs"] = x0.cpu()
-            z0, z1 = z[:1], z[1:]
-        else:
-            shape = (settings.model.in_channels, size, size)
-            z0, z1 = seed_noise(ends[0], shape, dev), seed_noise(ends[1], shape, dev)
-        bar.update(bar.done, f"decoding 0/{frames} frames")
-        walk = decode(eps, smp, slerp_path(z0, z1, frames), cfg.batch_size,
-                      on_batch=lambda done: bar.update(bar.done, f"decoding {done}/{frames} frames"))
-        result["frames"] = walk.cpu()
-    return result
+    with Progress("interpolate", total, mode="auto" if progress else "off", console=console,
+                  info="inverting the images" if from_images else f"decoding 0/{frames} frames") as bar:
+        return walk(run, smp, ends, frames, cfg.batch_size, refine=refine,
+                    eps_wrap=lambda eps: counted(eps, lambda calls: (bar.update(calls), bar.line())),
+                    on_batch=lambda done: bar.update(bar.done, f"decoding {done}/{frames} frames"))
 
 
-def write_outputs(out_dir: Path, walk: dict[str, "Tensor"], scale: Optional[int], bounce: bool) -> None:
-    """strip.png, interpolation.gif, frames/frame_NNNNN.png; from images, inputs.png (the two
-    images as the model saw them) and a line on how closely the ends reconstruct them."""
-    # lazy, as in interpolate(): torch loads when the command runs, not for `ddpmkit --help`
-    from ddpmkit.images import save_grid, save_images
-    from ddpmkit.interpolation import reconstruction_error, save_interpolation_gif, save_strip
+def write_outputs(out_dir: Path, result: "Walk", scale: Optional[int], bounce: bool) -> None:
+    """`interpolation.write_walk`, and a line on how closely the ends reconstruct two input images."""
+    from ddpmkit.interpolation import write_walk  # lazy, as in interpolate()
 
-    x = walk["frames"]
-    save_strip(x, out_dir / "strip.png", scale)
-    save_interpolation_gif(x, out_dir / "interpolation.gif", bounce)
-    (out_dir / "frames").mkdir(exist_ok=True)
-    save_images(x, out_dir / "frames", prefix="frame")
-    if "inputs" in walk:
-        inputs = walk["inputs"]
-        save_grid(inputs, out_dir / "inputs.png", nrow=2, scale=scale)
-        for k, (got, want) in enumerate(((x[0], inputs[0]), (x[-1], inputs[1]))):
-            mae, psnr = reconstruction_error(got, want)
-            console.print(f"image {'AB'[k]} decoded back from its x_T: mean error {mae:.2f}/255 levels, "
-                          f"PSNR {psnr:.1f} dB", markup=False)
+    for k, (mae, psnr) in enumerate(write_walk(out_dir, result, scale, bounce)):
+        console.print(f"image {'AB'[k]} decoded back from its x_T: mean error {mae:.2f}/255 levels, "
+                      f"PSNR {psnr:.1f} dB", markup=False)

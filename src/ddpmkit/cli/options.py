@@ -1,8 +1,12 @@
-"""Option helpers any command may use: `--set` with an example that fits the command, an
-option's default as each preset sets it, and option values checked against the settings they
-feed, so an error names the option given.
+"""The options commands share, declared once, and option helpers: `--set` with an example that
+fits the command, an option's default as each preset sets it, and option values checked against
+the settings they feed, so an error names the option given.
 
-`cli/common.py` keeps the options every command shares as they are (`ConfigOpt`, `PresetOpt`).
+The CLI convention (CONTRIBUTING.md; tests/test_cli_convention.py checks every command):
+- one option name per setting, the same in every command (`SETTING_OPTIONS`);
+- `--out` is an output folder everywhere; an option naming a file says so (`--out-json`, `--preview-png`);
+- `-n` beside `--n`; RUN first where a command reads a run; usage lines as written in each docstring;
+- each command's `--set` example is a key that command reads.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 from typing_extensions import Annotated
 
-from ddpmkit.cli.common import resolve_settings
+from ddpmkit.cli.common import default_is, resolve_settings
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.settings import Settings, available_presets, build_settings
 
@@ -31,8 +35,38 @@ def set_option(example: str) -> Any:
     ]
 
 
-TrainSetOpt = set_option("train.lr=1e-4")
-SampleSetOpt = set_option("sample.eta=0.5")
+# option -> the setting it sets, for every command that takes it; `{own}`: the command's own
+# section (train.seed under train, sample.seed under sample, fid.n under fid)
+SETTING_OPTIONS = {
+    "--data-root": "data.root", "--dataset": "data.dataset", "--size": "data.size", "--crop": "data.crop",
+    "--split": "data.split", "--cache-dir": "data.cache_dir", "--workers": "data.workers",
+    "--epochs": "train.epochs", "--max-steps": "train.max_steps", "--lr": "train.lr", "--run-dir": "train.run_dir",
+    "--device": "train.device", "--compile": "train.compile", "--condition": "train.condition",
+    "--n": "{own}.n", "--seed": "{own}.seed", "--batch-size": "{own}.batch_size", "--sampler": "sample.sampler",
+    "--steps": "sample.steps", "--eta": "sample.eta",
+}
+
+RunArg = Annotated[Optional[Path], typer.Argument(
+    metavar="[RUN]", show_default=False,
+    help="Run directory, checkpoint folder or .safetensors. " + default_is("the newest run under runs/"))]
+ForceOpt = Annotated[bool, typer.Option("--force", metavar="", help="Write into --out even if it holds files.")]
+NoEmaOpt = Annotated[bool, typer.Option("--no-ema", metavar="", help="Use the raw weights instead of the EMA.")]
+DeviceOpt = Annotated[Optional[str], typer.Option(
+    "--device", show_default=False, help="auto, cpu, cuda, cuda:N or mps. " + default_is("auto"))]
+ProgressOpt = Annotated[bool, typer.Option(
+    "--progress/--no-progress", metavar="", show_default=False,
+    help="A bar in a terminal, plain lines when piped (default); --no-progress: neither.")]
+
+
+def n_option(help_text: str, required_type: Any = Optional[int]) -> Any:
+    """`--n` / `-n`: how many images a command makes."""
+    return Annotated[required_type, typer.Option("--n", "-n", help=help_text)]
+
+
+def out_option(default: str) -> Any:
+    """`--out`: the output folder, with the folder a command picks when it is not given."""
+    return Annotated[Optional[Path], typer.Option("--out", show_default=False,
+                                                  help="Output folder. " + default_is(default))]
 
 
 @functools.lru_cache(maxsize=None)

@@ -23,7 +23,7 @@ def prepare(
     size: Annotated[Optional[int], typer.Option("--size", help=f"Prepared image side in pixels, data.size ({preset_default('data.size')}); the model takes its size from it.")] = None,
     crop: Annotated[Optional[str], typer.Option("--crop", help=f"ddim (128 box at top 57, left 25), center140, or full ({preset_default('data.crop')}).")] = None,
     split: Annotated[Optional[str], typer.Option("--split", help=f"train, val, test or all (official partition; {preset_default('data.split')}).")] = None,
-    root: Annotated[Optional[Path], typer.Option("--root", help="CelebA root or image folder (default data.root, env DDPMKIT_DATA_ROOT).")] = None,
+    root: Annotated[Optional[Path], typer.Option("--data-root", help="CelebA root or image folder (default data.root, env DDPMKIT_DATA_ROOT).")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Where prepared caches go (default data.cache_dir).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Processes; 0 = all cores.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if a complete cache exists.")] = False,
@@ -36,12 +36,12 @@ def prepare(
     Examples:
       ddpmkit prepare --size 64
       ddpmkit prepare --size 128 --crop center140 --split all
-      ddpmkit prepare --root my_faces/ --set data.dataset=folder
+      ddpmkit prepare --data-root my_faces/ --set data.dataset=folder
     Settings come from the preset, then --config, then --set, then these options.
     """
     options = {
         "--size": ("data.size", size), "--crop": ("data.crop", crop), "--split": ("data.split", split),
-        "--root": ("data.root", root), "--cache-dir": ("data.cache_dir", cache_dir), "--workers": ("data.workers", workers),
+        "--data-root": ("data.root", root), "--cache-dir": ("data.cache_dir", cache_dir), "--workers": ("data.workers", workers),
     }
     cfg = settings_with_options(config, preset, set_, options).data
     # lazy, and after the checks above: the data code loads for the work, not for `ddpmkit --help`

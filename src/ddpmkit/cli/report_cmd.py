@@ -17,7 +17,7 @@ from ddpmkit.human import fmt_bytes
 def report(
     run: Annotated[
         Optional[Path],
-        typer.Argument(metavar="RUN", help="Run directory (as written by train). Omitted: the newest run under runs/."),
+        typer.Argument(metavar="[RUN]", help="Run directory (as written by train). Omitted: the newest run under runs/."),
     ] = None,
 ) -> None:
     """Write RUN/report.html: plan, settings, loss and lr curves, samples over training, FID, checkpoints.

@@ -7,30 +7,29 @@ grid.png from the first images after the first batch, denoise.gif right after th
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import typer
 from typing_extensions import Annotated
 
-from ddpmkit.cli.common import (ConfigOpt, PresetOpt, SetOpt, console, default_is, from_preset,
-                                resolve_sample_config, resolve_settings, user_errors)
+from ddpmkit.cli.common import (ConfigOpt, PresetOpt, console, counted, default_is, from_preset, open_run,
+                                output_folder, resolve_sample_config, resolve_settings, say_which_run, user_errors)
+from ddpmkit.cli.options import DeviceOpt, ForceOpt, NoEmaOpt, ProgressOpt, RunArg, n_option, out_option, set_option
 from ddpmkit.errors import DdpmkitError
-from ddpmkit.sections import MAX_SEED
-from ddpmkit.io_utils import free_dir
 from ddpmkit.progress import Progress
-from ddpmkit.runfolder import RunFolder, newest_run
+from ddpmkit.settings import MAX_SEED
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from ddpmkit.schedule import NoiseSchedule
+    from ddpmkit.generate import OpenRun
     from ddpmkit.settings import SampleConfig
 
 GRID_MAX = 64  # grid.png shows the first 64 images at most (8x8)
 RUN = "the run's settings"
+SetOpt = set_option("sample.eta=0.5")
 GUIDANCE = 3.0  # --guidance when --attr is given without it
 ATTR_HELP = ("Ask for an attribute of a conditional run (train --condition attributes): Name = present, -Name = "
              "absent (repeatable; names as the run's attribute file, any case). Attributes not named are left "
@@ -42,8 +41,8 @@ GUIDANCE_HELP = ("Classifier-free guidance weight with --attr: 0 = the unconditi
 
 @user_errors
 def sample(
-    checkpoint: Annotated[Optional[Path], typer.Argument(metavar="[RUN]", help="Run directory, checkpoint folder or .safetensors. " + default_is("the newest run under runs/"), show_default=False)] = None,  # noqa: E501
-    n: Annotated[Optional[int], typer.Option("--n", help=from_preset("Number of images.", "sample.n", what=RUN))] = None,
+    run: RunArg = None,
+    n: n_option(from_preset("Number of images.", "sample.n", what=RUN)) = None,
     seed: Annotated[Optional[int], typer.Option(help=from_preset("Seed: image i of seed s is the same for any --n, --batch-size or device; different seeds share no image.", "sample.seed", what=RUN))] = None,  # noqa: E501
     sampler: Annotated[Optional[str], typer.Option(help=from_preset("ddpm, ddim or dpmsolver++.", "sample.sampler", what=RUN))] = None,
     steps: Annotated[Optional[int], typer.Option(help=from_preset("Network calls (unset: T for ddpm, 50 otherwise).", "sample.steps", what=RUN))] = None,  # noqa: E501
@@ -51,11 +50,11 @@ def sample(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help=from_preset("Images per batch.", "sample.batch_size", what=RUN))] = None,  # noqa: E501
     gif: Annotated[bool, typer.Option("--gif", metavar="", help="Also write denoise.gif: x_T to x_0 (the first batch).")] = False,
     scale: Annotated[Optional[int], typer.Option("--scale", help="Enlarge grid.png by this whole factor (nearest). " + default_is("to a readable size"), show_default=False)] = None,  # noqa: E501
-    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder. " + default_is("outputs/samples/RUN-stepN-SAMPLERSTEPS-seedS"), show_default=False)] = None,  # noqa: E501
-    force: Annotated[bool, typer.Option("--force", metavar="", help="Write into --out even if it holds files.")] = False,
-    no_ema: Annotated[bool, typer.Option("--no-ema", metavar="", help="Use the raw weights instead of the EMA.")] = False,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps. " + default_is("auto"), show_default=False)] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", metavar="", show_default=False, help="A bar in a terminal, plain lines when piped (default); --no-progress: neither.")] = True,  # noqa: E501
+    out: out_option("outputs/samples/RUN-stepN-SAMPLERSTEPS-seedS") = None,
+    force: ForceOpt = False,
+    no_ema: NoEmaOpt = False,
+    device: DeviceOpt = None,
+    progress: ProgressOpt = True,
     attr: Annotated[Optional[list[str]], typer.Option("--attr", metavar="[-]NAME", help=ATTR_HELP, show_default=False)] = None,  # noqa: E501
     guidance: Annotated[Optional[float], typer.Option("--guidance", metavar="W", help=GUIDANCE_HELP, show_default=False)] = None,  # noqa: E501
     config: ConfigOpt = None,
@@ -69,55 +68,44 @@ def sample(
     Conditional run: ddpmkit sample RUN --attr Smiling --attr Eyeglasses --attr -Male --guidance 3
     """
     # lazy: torch and the model code load when the command runs, not for `ddpmkit --help`
-    from ddpmkit.checkpoint import load_model
-    from ddpmkit.device import resolve_device
     from ddpmkit.samplers import make_sampler
-    from ddpmkit.schedule import NoiseSchedule
 
-    asked = resolve_settings(config, preset, sets, {"train": {"device": device}})
-    dev = resolve_device(asked.train.device)
-    path = checkpoint if checkpoint is not None else newest_run(need_checkpoint=True)
-    model, settings, step = load_model(path, dev, use_ema=not no_ema, fallback_settings=asked)
+    opened, newest = open_run(run, resolve_settings(config, preset, sets, {"train": {"device": device}}), no_ema)
+    settings = opened.settings
     options = {"n": n, "seed": seed, "sampler": sampler, "steps": steps, "eta": eta, "batch_size": batch_size}
     cfg = resolve_sample_config(settings.sample, settings.diffusion.timesteps, config, sets, options)
     check_options(cfg, scale)
     cond, w, wanted = asked_condition(settings.model.cond_dim, settings.model.cond_names, attr or [], guidance)
-    sched = NoiseSchedule.from_config(settings.diffusion).to(dev)
-    smp = make_sampler(sched, cfg)
-    label = f"{Path(path).resolve().name}-step{step}-{cfg.sampler}{cfg.steps}-seed{cfg.seed}" + wanted
-    out_dir = output_folder(out, force, cfg.out_dir / label)
+    smp = make_sampler(opened.sched, cfg)
+    out_dir = output_folder(out, force, cfg.out_dir / f"{opened.label}-{cfg.sampler}{cfg.steps}-seed{cfg.seed}{wanted}")
     # everything is checked: from here on, output
-    say_which_run(checkpoint is None, path, step, "sampling from")
-    console.print(f"sampling {cfg.n:,} images{' (' + wanted[1:] + ')' if wanted else ''} with {cfg.sampler} ({cfg.steps} steps) on {dev} from step {step:,}"
-                  f" into {out_dir}", markup=False)
+    say_which_run(opened, newest, "sampling from")
+    console.print(f"sampling {cfg.n:,} images{' (' + wanted[1:] + ')' if wanted else ''} with {cfg.sampler} "
+                  f"({cfg.steps} steps) on {opened.denoiser.device} from step {opened.step:,} into {out_dir}",
+                  markup=False)
     out_dir.mkdir(parents=True, exist_ok=True)
-    shape = (settings.model.in_channels, settings.data.size, settings.data.size)
     writer = SampleWriter(out_dir, cfg.n, scale)
-    draw(model, smp, sched, cfg, shape, dev, writer, gif=gif, progress=progress,
-         prediction=settings.diffusion.prediction, cond=cond, guidance=w)
+    draw(opened, smp, cfg, writer, gif=gif, progress=progress, cond=cond, guidance=w)
     files = "grid.png, images/" + (", denoise.gif" if gif else "")
     console.print(f"wrote {cfg.n:,} images in {time.perf_counter() - writer.t0:.1f}s to {out_dir} ({files})",
                   markup=False, soft_wrap=True)
 
 
-def draw(model: Any, smp: Any, sched: "NoiseSchedule", cfg: "SampleConfig", shape: tuple[int, int, int],
-         dev: Any, writer: "SampleWriter", *, gif: bool, progress: bool, prediction: str,
+def draw(run: "OpenRun", smp: Any, cfg: "SampleConfig", writer: "SampleWriter", *, gif: bool, progress: bool,
          cond: Optional["Tensor"] = None, guidance: float = 1.0) -> None:
     """Sample cfg.n images batch by batch into `writer`, with progress; Ctrl-C keeps what is written.
-    prediction: the run's diffusion.prediction (a v-network's output becomes ε in `eps_fn`).
     cond: (K,) attributes for a conditional model, guided with weight `guidance` (None: unconditional)."""
     # lazy, as in sample(): torch loads when the command runs, not for `ddpmkit --help`
-    from ddpmkit.generate import eps_fn, generate
+    from ddpmkit.generate import generate
     from ddpmkit.pictures import DenoiseRecorder
 
     n_batches = -(-cfg.n // cfg.batch_size)
     bar = Progress("sample", n_batches * len(smp.timesteps), mode="auto" if progress else "off", console=console,
                    info=f"images 0/{cfg.n:,}")
-    recorder = DenoiseRecorder(smp.timesteps.tolist(), sched.alphas_cumprod, cfg.gif_frames) if gif else None
-    eps = counted(eps_fn(model, dev, prediction=prediction, sched=sched, cond=cond, guidance=guidance),
-                  lambda calls: writer.report(bar, calls))
-    batches = generate(eps, smp, cfg.n, shape, seed=cfg.seed, batch_size=cfg.batch_size, device=dev,
-                       callback=recorder)
+    recorder = DenoiseRecorder(smp.timesteps.tolist(), run.sched.alphas_cumprod, cfg.gif_frames) if gif else None
+    eps = counted(run.denoiser.eps(cond, guidance), lambda calls: writer.report(bar, calls))
+    batches = generate(eps, smp, cfg.n, run.shape, seed=cfg.seed, batch_size=cfg.batch_size,
+                       device=run.denoiser.device, callback=recorder)
     try:
         writer.write_all(batches, recorder, bar)
     except KeyboardInterrupt:
@@ -157,63 +145,6 @@ def asked_condition(cond_dim: int, names: tuple[str, ...], attrs: list[str],
         raise DdpmkitError(f"--guidance {w:g} is out of range: 0 (unconditional) to 100")
     cond = attribute_vector(names, attrs)
     return cond, w, f"-{attribute_label(names, cond)}-w{w:g}"
-
-
-def output_folder(out: Optional[Path], force: bool, default: Path) -> Path:
-    """--out (refused if it holds files, unless --force), else a fresh folder named after the run.
-    Checks that it can be made (no file in its place or above it, a writable parent); makes nothing."""
-    if out is not None:
-        if out.is_dir() and any(out.iterdir()) and not force:
-            raise DdpmkitError(f"output folder {out} already holds files; pass --force or choose another --out")
-        target = out
-    else:
-        target = free_dir(default)
-    for p in [target, *target.parents]:
-        if not p.exists():
-            continue
-        if not p.is_dir():
-            where = f"output folder {target}" if p == target else f"{p} (on the way to {target})"
-            raise DdpmkitError(f"{where} is a file, not a folder: choose another --out")
-        if not os.access(p, os.W_OK | os.X_OK):
-            raise DdpmkitError(f"cannot write into {p} (permission denied): choose another --out")
-        break
-    return target
-
-
-def say_which_run(newest: bool, path: Path, step: int, doing: str) -> None:
-    """Say which run a command took when it took the newest one ("sampling from the newest run:
-    ..."), and warn when the checkpoint is far short of its run's plan (`short_of_plan`)."""
-    from ddpmkit.checkpoint import resolve_checkpoint
-
-    if newest:
-        console.print(f"{doing} the newest run: {path} (step {step:,})", markup=False)
-    short = short_of_plan(resolve_checkpoint(path).path, step)
-    if short:
-        console.print(f"[yellow]warning:[/] {short}", soft_wrap=True)
-
-
-def short_of_plan(ckpt: Path, step: int) -> Optional[str]:
-    """A warning when the checkpoint is far short of its run's planned steps (total_steps in its run info)."""
-    run = RunFolder.of_checkpoint(ckpt) or RunFolder(ckpt)
-    total = run.read_info().get("total_steps")
-    if not isinstance(total, int) or total <= 0 or step >= total / 2:
-        return None
-    outcome = "samples will be noise" if step < total / 10 else "samples will be rough"
-    return f"step {step:,} of {total:,}: {outcome} (train on: ddpmkit train --run-dir {run.path} --resume)"
-
-
-def counted(eps: Callable[..., "Tensor"], on_call: Callable[[int], None]) -> Callable[..., "Tensor"]:
-    """eps(x_t, t) that reports the number of network calls so far after each one."""
-    calls = 0
-
-    def eps_counted(x: "Tensor", t: "Tensor") -> "Tensor":
-        nonlocal calls
-        e = eps(x, t)
-        calls += 1
-        on_call(calls)
-        return e
-
-    return eps_counted
 
 
 class SampleWriter:

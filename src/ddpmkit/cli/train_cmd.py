@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 from typing_extensions import Annotated
 
-from ddpmkit.cli.common import (ConfigOpt, PresetOpt, SetOpt, console, default_is, from_preset, resolve_settings,
-                                user_errors)
+from ddpmkit.cli.common import ConfigOpt, PresetOpt, console, default_is, from_preset, resolve_settings, user_errors
+from ddpmkit.cli.options import DeviceOpt, set_option
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.runfolder import RunFolder
 from ddpmkit.settings import Settings, build_settings, parse_assignment, preset_name
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ddpmkit.train.plan import Choice
 
 DATASETS = ("synthetic", "celeba", "folder")
+SetOpt = set_option("train.lr=1e-4")
 
 
 @user_errors

@@ -126,19 +126,6 @@ def describe_cache(path: Path) -> dict[str, Any]:
     }
 
 
-def preview_grid(path: Path, out_png: Path, n: int = 64) -> Path:
-    """Save the first `n` cached images as one PNG grid (8 per row). Returns `out_png`."""
-    # lazy: torch and the image libraries load for a preview only, not in every prepare worker
-    import torch
-
-    from ddpmkit.images import save_grid
-
-    images = open_images(Path(path))
-    n = max(1, min(n, len(images)))
-    x = torch.from_numpy(np.array(images[:n])).float().div_(127.5).sub_(1.0)  # (n, 3, S, S) in [-1, 1]
-    return save_grid(x, out_png, nrow=8, padding=2)
-
-
 def stale_temporaries(cache_dir: Path) -> list[Path]:
     """Leftovers of prepares that were killed (dot-named ``*.tmp`` folders)."""
     cache_dir = Path(cache_dir)
@@ -156,5 +143,5 @@ def find_caches(cache_dir: Path) -> list[Path]:
 
 __all__ = [
     "cache_key", "cache_name", "is_complete", "read_index", "open_images", "shrink_npy",
-    "describe_cache", "preview_grid", "find_caches", "stale_temporaries",
+    "describe_cache", "find_caches", "stale_temporaries",
 ]

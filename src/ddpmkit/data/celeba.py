@@ -77,7 +77,7 @@ def missing_data_message(root: Path) -> str:
         f"no CelebA images found at {root.resolve()} (looked for img_align_celeba/, img_align_celeba.zip, "
         f"img_align_celeba/img_align_celeba/ and image files below it); get CelebA from the official "
         f"Google Drive release linked on {CELEBA_URL} or from Kaggle "
-        f"(kaggle datasets download -d {KAGGLE_ID}), unpack it there, or point --root / "
+        f"(kaggle datasets download -d {KAGGLE_ID}), unpack it there, or point --data-root / "
         f"DDPMKIT_DATA_ROOT / data.root at it"
     )
 

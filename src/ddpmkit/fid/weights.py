@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from ddpmkit.errors import DdpmkitError
-from ddpmkit.sections import FID_WEIGHTS_ENV
+from ddpmkit.settings import FID_WEIGHTS_ENV
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-fid-nofc.pth"
 # pytorch-fid's own download: the same network, accepted under its own name in the cache folder

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ddpmkit.nn.blocks import GROUPNORM_EPS, AttnBlock, Downsample, ResBlock, Upsample, conv3x3, init_layer
 from ddpmkit.nn.embeddings import timestep_embedding
-from ddpmkit.sections import ModelConfig, check_unet_shape
+from ddpmkit.settings import ModelConfig, check_unet_shape
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

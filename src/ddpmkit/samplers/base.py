@@ -33,13 +33,11 @@ class StepOutput:
     pred_x0: Tensor  # the current estimate of x_0, (B, C, H, W)
 
 
-def x0_mode(x0: "X0Mode | bool | None", default: "X0Mode" = "clip_eps") -> X0Mode:
-    """An x̂_0 mode from its name, or from the old `clip_x0` flag (True: clip_eps, False: none);
-    None: `default` (a sampler's `default_x0`)."""
+def x0_mode(x0: "X0Mode | None", default: "X0Mode" = "clip_eps") -> X0Mode:
+    """An x̂_0 mode from its name; None: `default` (a sampler's `default_x0`). (The settings turn
+    the old `clip_x0` flag of stored checkpoints into a name: `SampleConfig`.)"""
     if x0 is None:
         return default
-    if isinstance(x0, bool):
-        return "clip_eps" if x0 else "none"
     if x0 not in X0_MODES:
         raise ValueError(f"unknown x0 mode {x0!r}; choose one of: {', '.join(X0_MODES)}")
     return x0

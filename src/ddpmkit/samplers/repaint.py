@@ -34,9 +34,10 @@ from ddpmkit.samplers.ddpm import DDPMSampler
 from ddpmkit.samplers.loop import StepCallback
 from ddpmkit.samplers.noise import Noise, randn
 from ddpmkit.schedule import extract
+from ddpmkit.settings import REPAINT_JUMP, REPAINT_RESAMPLE, REPAINT_STEPS
 
 # the paper's settings for faces (CelebA-HQ): T = 250, j = 10, r = 10
-PAPER_STEPS, PAPER_JUMP, PAPER_RESAMPLE = 250, 10, 10
+PAPER_STEPS, PAPER_JUMP, PAPER_RESAMPLE = REPAINT_STEPS, REPAINT_JUMP, REPAINT_RESAMPLE
 
 
 def repaint_schedule(num_steps: int, jump: int = 1, resample: int = 1) -> list[int]:

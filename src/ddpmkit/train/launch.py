@@ -21,6 +21,7 @@ from ddpmkit.data.loader import ArrayLike, ImageBatches
 from ddpmkit.device import DistInfo, dist_from_env
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.fid import FidExtractor, FidMonitor, default_reference
+from ddpmkit.generate import Denoiser
 from ddpmkit.nn import count_parameters
 from ddpmkit.progress import Mode
 from ddpmkit.schedule import NoiseSchedule
@@ -101,7 +102,7 @@ def build_trainer(
     run_dir = RunDir(tc.run_dir)
     tb = _tensorboard(tc.tensorboard, run_dir, main_log) if dist.is_main else None
     log_file = JsonlLogger(run_dir.log, tb) if dist.is_main else None
-    periodic = _periodic(s, sched, device, run_dir, log_file, main_log, dist.is_main, tb)
+    periodic = _periodic(s, sched, state.ema.model, device, run_dir, log_file, main_log, dist.is_main, tb)
     params = count_parameters(state.model)
     device_name = f"{device} x{dist.world_size} processes" if dist.enabled else str(device)
     plan = Plan(s.preset, why, params, describe_data(data_info, s.data.split), tc.batch_size, 0, total,
@@ -190,6 +191,7 @@ def _network(model: nn.Module, cfg: TrainConfig, device: torch.device, dist: Dis
 def _periodic(
     s: Settings,
     sched: NoiseSchedule,
+    ema_model: nn.Module,
     device: torch.device,
     run_dir: RunDir,
     log_file: Optional[JsonlLogger],
@@ -197,19 +199,19 @@ def _periodic(
     is_main: bool,
     tb: Optional[TensorBoard] = None,
 ) -> Periodic:
-    """Preview grids and FID (the jobs on the main rank only; the intervals on all)."""
+    """Preview grids and FID of the EMA network (the jobs on the main rank only; the intervals on all)."""
     tc, f = s.train, s.fid
     periodic = Periodic(preview_every=tc.sample_every, fid_every=f.every)
     if not is_main:
         return periodic
     shape = (s.model.in_channels, s.data.size, s.data.size)
-    common = {"shape": shape, "device": device, "precision": tc.precision, "prediction": s.diffusion.prediction}
+    denoiser = Denoiser(ema_model, sched, s.diffusion.prediction, device, tc.precision)
     if tc.sample_every:
-        periodic.preview = PreviewGrids.make(sched, s.sample, n=tc.num_samples, seed=tc.seed,
-                                             out_dir=run_dir.samples, tensorboard=tb, **common)
+        periodic.preview = PreviewGrids.make(denoiser, s.sample, shape=shape, n=tc.num_samples, seed=tc.seed,
+                                             out_dir=run_dir.samples, tensorboard=tb)
     if f.every and log_file is not None:
         cfg = s.sample.model_copy(update={"sampler": f.every_sampler, "steps": f.every_steps})
-        periodic.fid = FidProbe(_fid_monitor(s, device), sched, cfg, f.every_n, log_file=log_file, log=log, **common)
+        periodic.fid = FidProbe(_fid_monitor(s, device), denoiser, cfg, f.every_n, shape, log_file=log_file, log=log)
     return periodic
 
 

@@ -15,42 +15,29 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch import Tensor, nn
 
-from ddpmkit.diffusion import Prediction
 from ddpmkit.fid.colour import compare, summary
-from ddpmkit.generate import eps_fn, generate
+from ddpmkit.generate import Denoiser, generate
 from ddpmkit.images import make_grid_image, save_grid, to_uint8
 from ddpmkit.samplers import make_sampler
-from ddpmkit.schedule import NoiseSchedule
 from ddpmkit.settings import SampleConfig
 from ddpmkit.train.rundir import JsonlLogger, TensorBoard
 
 Shape = tuple[int, int, int]
 
 
-def ema_images(
-    ema_model: nn.Module,
-    sched: NoiseSchedule,
-    cfg: SampleConfig,
-    n: int,
-    shape: Shape,
-    *,
-    seed: int,
-    device: torch.device,
-    precision: str,
-    prediction: Prediction = "eps",
-) -> Tensor:
-    """n samples (n, C, H, W) in [-1, 1] from `ema_model` (a `prediction` network) with the
-    sampler `cfg` describes."""
-    was_training = ema_model.training
-    ema_model.eval()
+def ema_images(denoiser: Denoiser, cfg: SampleConfig, n: int, shape: Shape, *, seed: int) -> Tensor:
+    """n samples (n, C, H, W) in [-1, 1] from the denoiser's network (eval mode while sampling)
+    with the sampler `cfg` describes."""
+    model = denoiser.model
+    was_training = model.training
+    model.eval()
     try:
-        sampler = make_sampler(sched, cfg)
-        eps = eps_fn(ema_model, device, precision, prediction=prediction, sched=sched)
-        batches = generate(eps, sampler, n, shape,
-                           seed=seed, batch_size=min(n, cfg.batch_size), device=device)
+        sampler = make_sampler(denoiser.sched, cfg)
+        batches = generate(denoiser.eps(), sampler, n, shape,
+                           seed=seed, batch_size=min(n, cfg.batch_size), device=denoiser.device)
         return torch.cat(list(batches))
     finally:
-        ema_model.train(was_training)
+        model.train(was_training)
 
 
 @dataclass
@@ -58,26 +45,21 @@ class PreviewGrids:
     """An EMA sample grid per call, `out_dir/step_N.png`, always from the same noise (seed), so
     the grids of a run differ only by the model. DDIM with η = 0: fast and deterministic."""
 
-    sched: NoiseSchedule
+    denoiser: Denoiser  # the run's EMA network, schedule and prediction
     cfg: SampleConfig  # a copy of the run's sample settings, made DDIM by `make`
     shape: Shape
     n: int
     seed: int
     out_dir: Path
-    device: torch.device
-    precision: str
     tensorboard: Optional[TensorBoard] = None
-    prediction: Prediction = "eps"  # the run's diffusion.prediction
 
     @classmethod
-    def make(cls, sched: NoiseSchedule, sample: SampleConfig, **kw: Any) -> "PreviewGrids":
-        cfg = sample.model_copy(update={"sampler": "ddim", "steps": min(50, sched.T), "eta": 0.0})
-        return cls(sched, cfg, **kw)
+    def make(cls, denoiser: Denoiser, sample: SampleConfig, **kw: Any) -> "PreviewGrids":
+        cfg = sample.model_copy(update={"sampler": "ddim", "steps": min(50, denoiser.sched.T), "eta": 0.0})
+        return cls(denoiser, cfg, **kw)
 
     def __call__(self, ema_model: nn.Module, step: int) -> Path:
-        x = ema_images(ema_model, self.sched, self.cfg, self.n, self.shape,
-                       seed=self.seed, device=self.device, precision=self.precision,
-                       prediction=self.prediction).cpu()
+        x = ema_images(self.denoiser.with_model(ema_model), self.cfg, self.n, self.shape, seed=self.seed).cpu()
         if self.tensorboard is not None:
             self.tensorboard.image("samples", make_grid_image(x), step)
         return save_grid(x, self.out_dir / f"step_{step:08d}.png")
@@ -91,19 +73,15 @@ class FidProbe:
     """FID of `n` EMA samples (fixed seed 0, a fast sampler), written beside the loss."""
 
     monitor: Callable[[Iterable[Tensor]], float]  # uint8 batches -> FID against the reference
-    sched: NoiseSchedule
+    denoiser: Denoiser  # the run's EMA network, schedule and prediction
     cfg: SampleConfig  # sampler and steps of the probe
     n: int
     shape: Shape
-    device: torch.device
-    precision: str
     log_file: JsonlLogger
     log: Callable[[str], None]
-    prediction: Prediction = "eps"  # the run's diffusion.prediction
 
     def __call__(self, ema_model: nn.Module, step: int) -> float:
-        x = ema_images(ema_model, self.sched, self.cfg, self.n, self.shape,
-                       seed=0, device=self.device, precision=self.precision, prediction=self.prediction)
+        x = ema_images(self.denoiser.with_model(ema_model), self.cfg, self.n, self.shape, seed=0)
         value = self.monitor(to_uint8(b) for b in x.split(50))
         name = f"{self.cfg.sampler}{self.cfg.steps}"
         record: dict[str, Any] = {"step": step, "fid": round(value, 4), "fid_n": self.n, "fid_sampler": name}

@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DATA_ROOT_ENV = "DDPMKIT_DATA_ROOT"
 MAX_SEED = 2**63 - 1  # torch seeds are 64-bit; seed + rank offsets must stay below 2**64
+# inpainting: the built-in masks (`masks.py` draws them) and RePaint's settings for faces
+# (Lugmayr et al. 2022: 250 steps, jump length 10, 10 resamplings)
+MASK_NAMES = ("box", "left", "right", "top", "bottom", "eyes", "mouth", "random")
+REPAINT_STEPS, REPAINT_JUMP, REPAINT_RESAMPLE = 250, 10, 10
 
 
 class _Section(BaseModel):

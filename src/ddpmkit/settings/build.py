@@ -1,8 +1,8 @@
-"""Settings shared by every subcommand: a preset, then a YAML file, then command-line overrides.
+"""The whole settings object and how it is built: presets, YAML files, `--set` assignments.
 
-Precedence, lowest first: the model defaults below < the preset (`--preset`, default `demo`)
-< the YAML file (`--config`) < `--set key=value` < the dedicated options (`--epochs 50`).
-Every section forbids unknown keys, so a typo is an error that names the key.
+Precedence, lowest first: the sections' defaults (`sections.py`) < the preset (`--preset`,
+default `demo`) < the YAML file (`--config`) < `--set key=value` < the dedicated options
+(`--epochs 50`). Every section forbids unknown keys, so a typo is an error that names the key.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.io_utils import read_text_lines
-from ddpmkit.sections import (  # the sections; the package imports them from here
+from ddpmkit.settings.sections import (
     DataConfig,
     DiffusionConfig,
     FidConfig,
@@ -27,7 +27,7 @@ from ddpmkit.sections import (  # the sections; the package imports them from he
     _Section,
 )
 
-PRESET_DIR = Path(__file__).parent / "presets"
+PRESET_DIR = Path(__file__).parent.parent / "presets"
 DEFAULT_PRESET = "demo"
 # The machine each preset is sized for (the rule of the README's preset table): a CPU preset trains
 # in minutes to hours on a laptop; a GPU preset is a paper's model, days on a CPU.
