@@ -124,7 +124,7 @@ def test_fid_cli_prints_the_colour_table_and_writes_it_to_json(tmp_path):
             Image.fromarray(img).save(folders[name] / f"{i}.png")
     out = tmp_path / "fid.json"
     args = [str(folders["white"]), str(folders["grey"]), "--device", "cpu", "--set",
-            f"data.cache_dir={tmp_path / 'cache'}", "--out", str(out)]
+            f"data.cache_dir={tmp_path / 'cache'}", "--out-json", str(out)]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "Colour" in r.output and "saturated" in r.output and "SOURCE" in r.output and "REFERENCE" in r.output
