@@ -66,6 +66,9 @@ def _inspect_checkpoint(path: Path) -> None:
         table.add_row("images seen", f"{int(meta.get('step', 0)) * settings.train.batch_size:,}")
     run_root = ref.path.parent.parent if ref.path.parent.name == "checkpoints" else None
     if run_root is not None:
+        origin = _imported_from(run_root)
+        if origin:
+            table.add_row("imported from", origin)
         log = read_log(run_root / "log.jsonl")
         if log:
             table.add_row("last logged loss", f"{log[-1].get('loss')} at step {log[-1].get('step')}")
@@ -74,6 +77,18 @@ def _inspect_checkpoint(path: Path) -> None:
     out.print(table)
     if settings is not None:
         out.print(_settings_table(settings, "settings stored in the checkpoint"))
+
+
+def _imported_from(run_root: Path) -> Optional[str]:
+    """Where `ddpmkit import` took the run's network from (run.json's imported_from), if it did."""
+    try:
+        origin = json.loads((run_root / "run.json").read_text()).get("imported_from")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(origin, dict):
+        return None
+    revision = origin.get("revision")
+    return f"{origin.get('source', '?')}" + (f" at {str(revision)[:12]}" if revision else "")
 
 
 def _cache_table(info: dict[str, Any]) -> Table:
