@@ -17,7 +17,7 @@ from ddpmkit.cli.app import app
 from ddpmkit.cli.options import preset_default
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-COMMANDS = ["prepare", "train", "sample", "noise-demo", "inspect", "fid", "report"]
+COMMANDS = ["prepare", "train", "sample", "noise-demo", "inspect", "fid", "report", "export", "import"]
 MINE = ["prepare", "noise-demo", "inspect", "fid"]  # the commands whose help these tests hold to examples
 HEAVY = ("torch", "numpy", "PIL", "matplotlib", "scipy", "torchvision")
 

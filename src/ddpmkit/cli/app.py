@@ -19,7 +19,9 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 from typing_extensions import Annotated
 
 from ddpmkit import __version__
+from ddpmkit.cli.export_cmd import export
 from ddpmkit.cli.fid_cmd import fid
+from ddpmkit.cli.import_cmd import import_
 from ddpmkit.cli.inpaint_cmd import inpaint
 from ddpmkit.cli.inspect_cmd import inspect
 from ddpmkit.cli.interpolate_cmd import interpolate, paired_command
@@ -115,6 +117,8 @@ app.command(cls=Command)(inspect)
 app.command(cls=Command)(fid)
 app.command(cls=Command)(report)
 app.command(cls=paired_command(Command))(interpolate)
+app.command(cls=Command)(export)
+app.command("import", cls=Command)(import_)
 
 
 def main() -> None:

@@ -66,6 +66,9 @@ def _inspect_checkpoint(path: Path) -> None:
         table.add_row("images seen", f"{int(meta.get('step', 0)) * settings.train.batch_size:,}")
     run = RunFolder.of_checkpoint(ref.path)
     if run is not None:
+        origin = _imported_from(run)
+        if origin:
+            table.add_row("imported from", origin)
         losses = [r for r in run.read_log() if "loss" in r]
         if losses:
             table.add_row("last logged loss", f"{losses[-1].get('loss')} at step {losses[-1].get('step')}")
@@ -73,6 +76,15 @@ def _inspect_checkpoint(path: Path) -> None:
     out.print(table)
     if settings is not None:
         out.print(_settings_table(settings, "settings stored in the checkpoint"))
+
+
+def _imported_from(run: RunFolder) -> Optional[str]:
+    """Where `ddpmkit import` took the run's network from (its run info's imported_from), if it did."""
+    origin = run.read_info().get("imported_from")
+    if not isinstance(origin, dict):
+        return None
+    revision = origin.get("revision")
+    return f"{origin.get('source', '?')}" + (f" at {str(revision)[:12]}" if revision else "")
 
 
 def _cache_table(info: dict[str, Any]) -> Table:

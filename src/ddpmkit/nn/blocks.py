@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-GROUPNORM_EPS = 1e-6  # TensorFlow group_norm's default, kept by DDPM and DDIM
+from ddpmkit.settings import GROUPNORM_EPS
 
 
 def init_layer(layer: nn.Conv2d | nn.Linear, zero: bool = False) -> nn.Conv2d | nn.Linear:
@@ -47,14 +47,15 @@ class ResBlock(nn.Module):
     """
 
     def __init__(
-        self, c_in: int, c_out: int, emb_dim: int, num_groups: int, dropout: float, scale_shift: bool = False
+        self, c_in: int, c_out: int, emb_dim: int, num_groups: int, dropout: float, scale_shift: bool = False,
+        eps: float = GROUPNORM_EPS,
     ) -> None:
         super().__init__()
         self.scale_shift = scale_shift
-        self.norm1 = nn.GroupNorm(num_groups, c_in, eps=GROUPNORM_EPS)
+        self.norm1 = nn.GroupNorm(num_groups, c_in, eps=eps)
         self.conv1 = conv3x3(c_in, c_out)
         self.emb_proj = init_layer(nn.Linear(emb_dim, 2 * c_out if scale_shift else c_out))
-        self.norm2 = nn.GroupNorm(num_groups, c_out, eps=GROUPNORM_EPS)
+        self.norm2 = nn.GroupNorm(num_groups, c_out, eps=eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = conv3x3(c_out, c_out, zero=True)
         self.shortcut: nn.Module = conv1x1(c_in, c_out) if c_in != c_out else nn.Identity()
@@ -79,11 +80,11 @@ class AttnBlock(nn.Module):
     (same parameter count as DDPM's three `nin` layers).
     """
 
-    def __init__(self, channels: int, num_groups: int, head_channels: int = 0) -> None:
+    def __init__(self, channels: int, num_groups: int, head_channels: int = 0, eps: float = GROUPNORM_EPS) -> None:
         super().__init__()
         # head_channels divides channels: `settings.check_unet_shape` (the UNet calls it) sees to that
         self.heads = channels // head_channels if head_channels else 1
-        self.norm = nn.GroupNorm(num_groups, channels, eps=GROUPNORM_EPS)
+        self.norm = nn.GroupNorm(num_groups, channels, eps=eps)
         self.qkv = conv1x1(channels, 3 * channels)
         self.proj = conv1x1(channels, channels, zero=True)
 
@@ -101,17 +102,21 @@ class AttnBlock(nn.Module):
 class Downsample(nn.Module):
     """Stride-2 3x3 conv: (B, C, H, W) -> (B, C, H/2, W/2), H and W even.
 
-    Padded by one pixel on the right and bottom only, as TensorFlow's 'SAME' stride-2 conv in
-    DDPM and the explicit pad in the DDIM code: the same parameters as padding=1 but the same
-    sampling grid as those models, so their published weights map onto this block unchanged.
+    pad "bottom_right": one pixel on the right and bottom only, as TensorFlow's 'SAME' stride-2
+    conv in DDPM and the explicit pad in the DDIM code: the same parameters as padding=1 but the
+    same sampling grid as those models, so their published weights map onto this block unchanged.
+    pad "all_sides": one pixel on every side (PyTorch's padding=1; diffusers' downsample_padding 1).
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, pad: str = "bottom_right") -> None:
         super().__init__()
+        if pad not in ("bottom_right", "all_sides"):
+            raise ValueError(f"unknown downsample padding {pad!r}")
+        self.pad = (0, 1, 0, 1) if pad == "bottom_right" else (1, 1, 1, 1)
         self.conv = init_layer(nn.Conv2d(channels, channels, 3, stride=2, padding=0))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.pad(x, (0, 1, 0, 1)))
+        return self.conv(F.pad(x, self.pad))
 
 
 class Upsample(nn.Module):

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddpmkit.nn.blocks import GROUPNORM_EPS, AttnBlock, Downsample, ResBlock, Upsample, conv3x3, init_layer
+from ddpmkit.nn.blocks import AttnBlock, Downsample, ResBlock, Upsample, conv3x3, init_layer
 from ddpmkit.nn.embeddings import timestep_embedding
-from ddpmkit.settings import ModelConfig, check_unet_shape
+from ddpmkit.settings import GROUPNORM_EPS, ModelConfig, check_unet_shape
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
@@ -49,17 +49,19 @@ class _BlockMaker:
     """Builds the U-Net's levels; every ResBlock and AttnBlock of one network shares these settings."""
 
     def __init__(self, emb_dim: int, num_groups: int, dropout: float, head_channels: int,
-                 attn_resolutions: tuple[int, ...], scale_shift: bool = False) -> None:
+                 attn_resolutions: tuple[int, ...], scale_shift: bool, eps: float, downsample_pad: str) -> None:
         self.emb_dim, self.num_groups, self.dropout = emb_dim, num_groups, dropout
         self.head_channels, self.attn_resolutions, self.scale_shift = head_channels, attn_resolutions, scale_shift
+        self.eps, self.downsample_pad = eps, downsample_pad
 
     def res(self, c_in: int, c_out: int) -> ResBlock:
-        return ResBlock(c_in, c_out, self.emb_dim, self.num_groups, self.dropout, self.scale_shift)
+        return ResBlock(c_in, c_out, self.emb_dim, self.num_groups, self.dropout, self.scale_shift, self.eps)
+
+    def attn(self, channels: int) -> AttnBlock:
+        return AttnBlock(channels, self.num_groups, self.head_channels, self.eps)
 
     def attn_or_identity(self, channels: int, size: int) -> nn.Module:
-        if size in self.attn_resolutions:
-            return AttnBlock(channels, self.num_groups, self.head_channels)
-        return nn.Identity()
+        return self.attn(channels) if size in self.attn_resolutions else nn.Identity()
 
     def down_path(self, ch: int, widths: list[int], num_res_blocks: int, size: int) -> tuple[nn.ModuleList, list[int]]:
         """Levels at size, size/2, ...; also the channels of every kept skip, in push order."""
@@ -72,7 +74,7 @@ class _BlockMaker:
                 cur = out
                 skip_ch.append(cur)
             last = i == len(widths) - 1
-            levels.append(_Level(res, att, None if last else Downsample(cur)))
+            levels.append(_Level(res, att, None if last else Downsample(cur, self.downsample_pad)))
             if not last:
                 skip_ch.append(cur)
                 size //= 2
@@ -103,6 +105,8 @@ class UNet(nn.Module):
     self-attention. With cond_dim > 0 a Linear(cond_dim, 4ch) of a condition vector is added to
     the time embedding, and a learned null embedding stands in where no condition is given.
     scale_shift: the embedding scales and shifts each residual block's features (see ResBlock).
+    norm_eps, temb_cos_first, temb_freq_shift, downsample_pad: conventions of other U-Nets of this
+    shape (diffusers' UNet2DModel); the defaults are DDPM's (see `settings.ModelConfig`).
     """
 
     def __init__(
@@ -119,15 +123,21 @@ class UNet(nn.Module):
         head_channels: int = 0,
         cond_dim: int = 0,
         scale_shift: bool = False,
+        norm_eps: float = GROUPNORM_EPS,
+        temb_cos_first: bool = False,
+        temb_freq_shift: float = 1.0,
+        downsample_pad: str = "bottom_right",
     ) -> None:
         super().__init__()
         check_unet_shape(image_size, ch, ch_mult, attn_resolutions, head_channels)  # ValueError naming the misfit
         self.image_size, self.in_channels, self.ch, self.cond_dim = image_size, in_channels, ch, cond_dim
+        self.temb_cos_first, self.temb_freq_shift = temb_cos_first, temb_freq_shift
         emb_dim = 4 * ch
         self.num_levels = len(ch_mult)
         self._size_multiple = 2 ** (self.num_levels - 1)
 
-        make = _BlockMaker(emb_dim, num_groups, dropout, head_channels, tuple(attn_resolutions), scale_shift)
+        make = _BlockMaker(emb_dim, num_groups, dropout, head_channels, tuple(attn_resolutions), scale_shift,
+                           norm_eps, downsample_pad)
 
         self.temb = nn.Sequential(
             init_layer(nn.Linear(ch, emb_dim)), nn.SiLU(), init_layer(nn.Linear(emb_dim, emb_dim))
@@ -145,10 +155,10 @@ class UNet(nn.Module):
         self.down, skip_ch = make.down_path(ch, widths, num_res_blocks, image_size)
         cur = widths[-1]
         self.mid1 = make.res(cur, cur)
-        self.mid_attn = AttnBlock(cur, num_groups, head_channels)
+        self.mid_attn = make.attn(cur)
         self.mid2 = make.res(cur, cur)
         self.up = make.up_path(widths, num_res_blocks, image_size, skip_ch)
-        self.norm_out = nn.GroupNorm(num_groups, widths[0], eps=GROUPNORM_EPS)
+        self.norm_out = nn.GroupNorm(num_groups, widths[0], eps=norm_eps)
         self.conv_out = conv3x3(widths[0], in_channels, zero=True)
 
     @classmethod
@@ -161,7 +171,8 @@ class UNet(nn.Module):
     def embed(self, t: Tensor, cond: Optional[Tensor] = None, drop_cond: Optional[Tensor] = None) -> Tensor:
         """Time (+ condition) embedding, (B, 4ch). Arguments as in `forward`."""
         w = self.temb[0].weight
-        emb = self.temb(timestep_embedding(t, self.ch).to(w.dtype))
+        sinus = timestep_embedding(t, self.ch, self.temb_cos_first, self.temb_freq_shift)
+        emb = self.temb(sinus.to(w.dtype))
         if self.cond_proj is None or self.null_cond is None:
             if cond is not None or drop_cond is not None:
                 raise ValueError("a condition was passed but this model has model.cond_dim = 0")

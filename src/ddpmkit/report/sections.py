@@ -48,7 +48,9 @@ def plan_section(run: RunData) -> Section:
     total = planned_steps(run)
     done = f"{step:,} of {total:,} ({100 * step / total:.0f}%)" if total else f"{step:,}"
     params = info.get("parameters")
-    rows = [
+    origin = info.get("imported_from")
+    rows = [("imported from", str(origin.get("source", "?")))] if isinstance(origin, dict) else []
+    rows += [
         ("preset", cfg.get("preset") or "none"),
         ("parameters", f"{params / 1e6:.2f}M ({params:,})" if isinstance(params, int) else "?"),
         ("data", _data_line(data, info)),

@@ -13,6 +13,7 @@ from typing import Any, Literal, Optional, Sequence
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DATA_ROOT_ENV = "DDPMKIT_DATA_ROOT"
+GROUPNORM_EPS = 1e-6  # TensorFlow group_norm's default, kept by DDPM and DDIM (model.norm_eps)
 MAX_SEED = 2**63 - 1  # torch seeds are 64-bit; seed + rank offsets must stay below 2**64
 # inpainting: the built-in masks (`masks.py` draws them) and RePaint's settings for faces
 # (Lugmayr et al. 2022: 250 steps, jump length 10, 10 resamplings)
@@ -49,6 +50,18 @@ class ModelConfig(_Section):
         False, description="the time (+ condition) embedding scales and shifts each residual block's normalised "
         "features (improved DDPM's use_scale_shift_norm) instead of adding a bias; off in DDPM's network"
     )
+    # Conventions of other U-Nets of this shape (diffusers' UNet2DModel defaults), so their weights
+    # load unchanged (docs/diffusers-and-hub.md); the defaults are DDPM's and every earlier checkpoint's.
+    norm_eps: float = Field(GROUPNORM_EPS, gt=0.0, le=0.01, description="GroupNorm epsilon (1e-6: DDPM's; "
+                            "1e-5: diffusers' UNet2DModel default, norm_eps)")
+    temb_cos_first: bool = Field(False, description="timestep embedding ordered [cos, sin] instead of DDPM's "
+                                 "[sin, cos] (diffusers' flip_sin_to_cos)")
+    temb_freq_shift: float = Field(1.0, ge=0.0, description="timestep frequencies 10000^(-i/(ch/2 - shift)): "
+                                   "1 is DDPM's, 0 diffusers' UNet2DModel default (freq_shift)")
+    downsample_pad: Literal["bottom_right", "all_sides"] = Field(
+        "bottom_right", description="padding of the stride-2 downsampling conv: one pixel right and bottom "
+        "(DDPM's TensorFlow 'SAME'; diffusers' downsample_padding 0) or one on every side (downsample_padding 1)"
+    )
 
     @model_validator(mode="after")
     def _check_groups(self) -> "ModelConfig":
@@ -57,6 +70,8 @@ class ModelConfig(_Section):
         for m in self.ch_mult:
             if (self.ch * m) % self.num_groups:
                 raise ValueError(f"ch*{m} = {self.ch * m} is not divisible by num_groups {self.num_groups}")
+        if self.temb_freq_shift >= self.ch // 2:
+            raise ValueError(f"model.temb_freq_shift {self.temb_freq_shift} must be below ch/2 = {self.ch // 2}")
         return self
 
     def check_size(self, size: int) -> None:
