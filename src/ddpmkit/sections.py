@@ -140,7 +140,13 @@ class TrainConfig(_Section):
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = Field(2e-4, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
-    warmup_steps: int = Field(5000, ge=0)
+    warmup_steps: Optional[int] = Field(
+        None, ge=0, description="linear warm-up from 0, in steps; None: train.warmup_fraction of the run's steps"
+    )
+    warmup_fraction: Optional[float] = Field(
+        None, ge=0.0, lt=1.0, description="warm-up as this share of the run's steps (rounded), so a run sized by "
+        "train.time_budget warms up for its share of it; train.warmup_steps, when set, wins; neither: none"
+    )
     lr_decay: Literal["constant", "cosine"] = Field(
         "constant", description="after warm-up: constant (DDPM) or cosine to 0 at the last step"
     )

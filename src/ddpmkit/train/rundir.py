@@ -1,7 +1,8 @@
 """The run directory: everything one training run writes, in one place.
 
     config.yaml   the resolved settings (`ddpmkit train --config runs/x/config.yaml` repeats the run)
-    run.json      versions, device, parameter count, data, total_steps (the planned length)
+    run.json      versions, device, parameter count, data, total_steps (the planned length) and,
+                  for a run fitted to train.time_budget, "budget" (what it was fitted from)
     log.jsonl     one JSON object per logged step: step, epoch, loss, lr, img_per_s, time
     samples/      EMA sample grids, step_00001000.png
     checkpoints/  see checkpoint.py
@@ -74,12 +75,17 @@ class RunDir:
         }
         write_text_atomic(self.info, json.dumps(info, indent=2) + "\n")
 
-    def update_info(self, **values: Any) -> None:
-        """Change run.json's values (e.g. total_steps when a resume changes the run's length)."""
+    def read_info(self) -> dict[str, Any]:
+        """run.json's values; {} when it is missing or not a JSON object."""
         try:
             info = json.loads(self.info.read_text())
         except (OSError, ValueError):
-            info = {}
+            return {}
+        return info if isinstance(info, dict) else {}
+
+    def update_info(self, **values: Any) -> None:
+        """Change run.json's values (e.g. total_steps when a resume changes the run's length)."""
+        info = self.read_info()
         if all(info.get(k) == v for k, v in values.items()):
             return
         write_text_atomic(self.info, json.dumps({**info, **values}, indent=2) + "\n")
