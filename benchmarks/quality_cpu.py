@@ -1,18 +1,21 @@
 """Sample quality of ONE training configuration at a budget: FID, colour statistics and img/s.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/quality_cpu.py --name base --preset celeba32 --steps 1500 \\
-        [--minutes M] [--set train.lr=2e-3 ...] [--eval-n 1000] [--sampler ddim] [--eval-steps 50] \\
+    PYTHONPATH=src .venv/bin/python benchmarks/quality_cpu.py --name base --preset celeba32 --time 60m \\
+        [--steps N] [--minutes M] [--set train.lr=2e-3 ...] [--eval-n 1000] [--sampler ddim] [--eval-steps 50] \\
         [--x0 clip_eps,clip,none,dynamic] [--ref-n 5000] [--evals-at 500,1000] [--seed S] \\
         [--out benchmarks/quality_runs.jsonl] [--run-root runs/quality] [--cache-dir data/cache]
     PYTHONPATH=src .venv/bin/python benchmarks/quality_cpu.py --report [--out FILE] [--md benchmarks/results_quality.md]
 
-It trains with the real CLI (`ddpmkit train --preset P --max-steps N --set ...`, run directory
-RUN_ROOT/NAME, which must not exist yet), then runs `ddpmkit fid` on the final checkpoint (and
+It trains with the real CLI (`ddpmkit train --preset P --time D` or `--max-steps N`, `--set ...`,
+run directory RUN_ROOT/NAME, which must not exist yet), then runs `ddpmkit fid` on the final checkpoint (and
 on those at --evals-at: the script sets train.ckpt_every and keep_checkpoints so they are kept)
 for every sampler x x̂_0 mode asked, and appends one JSON line per evaluation to --out. The
 reference is the first --ref-n images of the training split (fid.ref_n; its FID and colour
-statistics are cached under CACHE_DIR/fid). --minutes stops training (SIGTERM: the step ends
-and a checkpoint is saved) after that much wall-clock; --steps still sets the lr schedule's length.
+statistics are cached under CACHE_DIR/fid). --time fits the step count and the lr schedule to
+that much wall-clock on this machine (train.time_budget); --steps fixes them (and wins over --time);
+with neither, the preset's own length holds (celeba32's is a budget, 60m). --minutes stops training
+(SIGTERM: the step ends and a checkpoint is saved) after that much wall-clock, whatever the schedule.
+Each record names the length it used (time_budget, max_steps, total_steps).
 
 Preview grids are off (train.sample_every=0) unless --set turns them on: the wall-clock is the
 training's. img/s is the median of the log windows after the first one (start-up excluded).
@@ -56,6 +59,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    "--set then only labels the rows with the settings it was trained with")
     p.add_argument("--preset", default="celeba32")
     p.add_argument("--steps", type=int, help="train.max_steps (also the lr schedule's length)")
+    p.add_argument("--time", help="train.time_budget, e.g. 60m: the step count fitted to this machine")
     p.add_argument("--minutes", type=float, help="stop training after this much wall-clock")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="a setting for training")
     p.add_argument("--seed", type=int, help="train.seed")
@@ -81,8 +85,8 @@ def _ints(text: str) -> list[int]:
 
 
 def _check(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
-    if not a.name or not (a.steps or a.minutes or a.eval_only):
-        p.error("--name and a budget (--steps and/or --minutes) are required")
+    if not a.name or not (a.steps or a.time or a.minutes or a.eval_only):
+        p.error("--name and a budget (--time, --steps and/or --minutes) are required")
     a.samplers = [s.strip() for s in a.sampler.split(",") if s.strip()]
     a.step_list = _ints(a.eval_steps)
     if len(a.step_list) == 1:
@@ -115,6 +119,8 @@ def train_command(a: argparse.Namespace) -> list[str]:
            "--device", a.device, "--set", f"data.cache_dir={a.cache_dir}"]
     if a.steps:
         cmd += ["--max-steps", str(a.steps)]
+    if a.time:
+        cmd += ["--time", a.time]
     if a.seed is not None:
         cmd += ["--seed", str(a.seed)]
     extra = list(SCRIPT_SETS)
@@ -204,13 +210,16 @@ def _run_facts(a: argparse.Namespace, load: str) -> dict[str, Any]:
 
     config = yaml.safe_load((a.run_dir / "config.yaml").read_text()) or {}
     try:
-        torch_version = json.loads((a.run_dir / "run.json").read_text()).get("torch")
+        info = json.loads((a.run_dir / "run.json").read_text())
     except (OSError, ValueError):
-        torch_version = None
+        info = {}
+    torch_version = info.get("torch")
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": os.environ.get("OMP_NUM_THREADS", "default"),
                "load": load, "torch": torch_version}
     return {"name": a.name, "preset": a.preset, "sets": a.sets, "script_sets": SCRIPT_SETS, "seed": a.seed,
             "batch_size": int(config.get("train", {}).get("batch_size", 0)), "ref_n": a.ref_n,
+            "time_budget": (info.get("budget") or {}).get("time"), "max_steps": config.get("train", {}).get("max_steps"),
+            "total_steps": info.get("total_steps"),
             "run_dir": str(a.run_dir), "machine": machine,
             "command": shlex.join(["python", "benchmarks/quality_cpu.py", *a.argv])}
 

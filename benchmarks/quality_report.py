@@ -62,7 +62,9 @@ def row(r: dict[str, Any]) -> str:
     s, d = _side(colour, "samples"), _side(colour, "reference")
     sat = _with_data(_num(100 * s["saturated_all"], ".1f") if "saturated_all" in s else "—",
                      _num(100 * d["saturated_all"], ".1f") if "saturated_all" in d else "—")
-    sets = " ".join([str(r.get("preset", "?"))] + [f"`{x}`" for x in r.get("sets") or []])
+    length = [f"`--time {r['time_budget']}`"] if r.get("time_budget") else []
+    length += [f"`--max-steps {r['max_steps']}`"] if r.get("max_steps") else []
+    sets = " ".join([str(r.get("preset", "?"))] + length + [f"`{x}`" for x in r.get("sets") or []])
     minutes = r["train_wall_s"] / 60 if isinstance(r.get("train_wall_s"), (int, float)) else None
     stopped = " (time)" if r.get("stopped_by_time") else ""
     cells = [
@@ -94,7 +96,9 @@ def markdown(records: list[dict[str, Any]], source: Path, made_by: str, skipped:
         "(Inception pool3, `ddpmkit fid`); FID of fewer than 2,048 samples is biased upwards, compare "
         "it at equal n. Saturated: share of channel values at 0 or 255. img/s: median training rate "
         "after the first log window (start-up excluded); train min: wall-clock of training to that "
-        "step, start-up included.",
+        "step, start-up included. The run's length: `--time D` fitted the step count (and the "
+        "learning-rate schedule) to D on that machine, `--max-steps N` fixed it; rows with neither "
+        "took it from the preset of their day (their command says).",
         "",
         HEAD,
         ALIGN,

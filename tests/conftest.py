@@ -44,6 +44,9 @@ TINY: dict[str, Any] = {
         "warmup_steps": 0,
         "lr_decay": "constant",  # runs here stop and resume at other max_steps
         "max_steps": 6,
+        # the demo preset's length is a time budget: these runs have a fixed one (None in a YAML
+        # file; build_settings drops None overrides, so tiny() sets it with FIXED_LENGTH)
+        "time_budget": None,
         "log_every": 1,
         "sample_every": 0,
         "ckpt_every": 0,
@@ -56,11 +59,14 @@ TINY: dict[str, Any] = {
 }
 
 
+FIXED_LENGTH = ["train.time_budget=null"]
+
+
 def tiny(run_dir: Path, **sections: dict[str, Any]) -> Settings:
     """Settings for a 16x16, ~60k-parameter model; keyword sections override TINY."""
     over = deep_merge(TINY, {"train": {"run_dir": str(run_dir)}})
     over = deep_merge(over, sections)
-    return build_settings(preset="demo", overrides=over)
+    return build_settings(preset="demo", overrides=over, sets=FIXED_LENGTH)
 
 
 @pytest.fixture

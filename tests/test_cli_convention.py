@@ -45,7 +45,7 @@ PLAIN = {
     "--help", "--config", "--preset", "--set", "--out", "--out-json", "--preview-png", "--force", "--gif", "--scale",
     "--no-ema", "--progress", "--no-progress", "--resume", "--mask", "--jump", "--resample", "--attr", "--guidance",
     "--seeds", "--images", "--frames", "--refine", "--bounce", "--no-bounce", "--t", "--no-compile",
-    "--format", "--scheduler-json", "--revision",
+    "--format", "--scheduler-json", "--revision", "--replan",
 }
 FILE_SUFFIXES = ("-json", "-png", "-yaml")
 

@@ -36,6 +36,7 @@ TIMEOUT_S = 180  # a hung collective fails the test instead of blocking CI
 # move ~8e-3 from their initial values in 4 steps, so this tolerance is still a sharp test.
 ATOL = 1e-5
 STEPS = 4
+BUDGET = "8s"  # the budgeted job: trial steps for 2 s, then some tens of steps
 
 pytestmark = pytest.mark.slow  # each torchrun launch costs a few seconds of process start-up
 
@@ -107,14 +108,17 @@ def worker_runs(tmp_path_factory) -> Path:
 
     fresh:    a new 4-step run;
     scale_up: resume to step 4 a run that 1 process trained for 2 steps;
-    stop:     a new 4-step run in which rank 1 alone asks to stop after step 2.
+    stop:     a new 4-step run in which rank 1 alone asks to stop after step 2;
+    budget:   a new run fitted to a time budget of BUDGET.
     """
     root = tmp_path_factory.mktemp("ddp")
     fresh = _write_config(root / "fresh.yaml", root / "fresh", STEPS)
     _quiet(tiny(root / "scale_up", train={"max_steps": 2}))
     scale_up = _write_config(root / "scale_up.yaml", root / "scale_up", STEPS)
     stop = _write_config(root / "stop.yaml", root / "stop", STEPS)
-    jobs = [str(fresh), f"resume:{scale_up}", f"stop:2:{stop}"]
+    budget = root / "budget.yaml"
+    budget.write_text(tiny(root / "budget", train={"max_steps": None, "time_budget": BUDGET}).to_yaml())
+    jobs = [str(fresh), f"resume:{scale_up}", f"stop:2:{stop}", str(budget)]
     _torchrun([str(WORKER), str(root / "ranks"), *jobs], cwd=root)
     return root
 
@@ -174,6 +178,18 @@ def test_a_stop_asked_on_one_rank_stops_every_rank_at_the_same_step(worker_runs)
     assert _max_diff(models[0], models[1]) == 0.0
     _, _, state = _checkpoint(worker_runs / "stop")
     assert state["step"] == 3
+
+
+def test_two_gloo_ranks_agree_on_one_step_count_for_a_time_budget(worker_runs):
+    """Rank 0 fits the length from its own clock and every rank takes its number: both train to
+    the step run.json records (ranks that disagreed would wait for each other forever)."""
+    out, run_dir = worker_runs / "ranks" / "budget", worker_runs / "budget"
+    steps = [int((out / f"rank{r}.step").read_text()) for r in (0, 1)]
+    info = json.loads((run_dir / "run.json").read_text())
+    assert steps[0] == steps[1] == info["total_steps"] == info["budget"]["total_steps"] > STEPS
+    assert info["budget"]["time"] == BUDGET and info["world_size"] == 2
+    _, _, state = _checkpoint(run_dir)
+    assert state["step"] == steps[0] and _logged_steps(run_dir) == list(range(1, steps[0] + 1))
 
 
 def test_torchrun_cli_on_two_processes_resumes_on_one(reference, tmp_path):

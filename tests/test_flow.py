@@ -317,9 +317,10 @@ def test_old_checkpoints_keep_only_their_ema(tmp_path):
 def test_help_shows_the_defaults_the_preset_gives_and_flags_without_a_type():
     wide = {"COLUMNS": "250", "TERM": "dumb"}
     text = invoke("train", "--help", env=wide).output
-    assert "[default: from preset; demo: 1,500]" in text and "[default: from preset; demo: 32]" in text
-    flag_rows = [line for line in text.splitlines() if any(f in line for f in ("--compile", "--resume", "--progress"))]
-    assert len(flag_rows) == 3 and not any("<bool>" in row for row in flag_rows)
+    assert "[default: from preset; demo: 5m]" in text and "[default: from preset; demo: 32]" in text
+    flags = ("--compile", "--resume", "--replan", "--progress")
+    flag_rows = [line for line in text.splitlines() if line.lstrip("│ ").startswith(flags)]
+    assert len(flag_rows) == 4 and not any("<bool>" in row for row in flag_rows)
     text = invoke("sample", "--help", env=wide).output
     assert "[default: from the run's settings; demo: 16]" in text and "[default: the newest run under runs/]" in text
     assert not any("<bool>" in line for line in text.splitlines() if "--gif" in line or "--force" in line)

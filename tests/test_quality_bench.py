@@ -72,6 +72,17 @@ def test_training_command_keeps_the_checkpoints_to_evaluate(tmp_path):
     assert a.x0_modes == ["none", "dynamic"] and a.samplers == ["ddim"] and a.step_list == [50]
 
 
+def test_a_time_budget_reaches_the_training_command_and_the_table(tmp_path):
+    """--time fits the length to the machine: it goes to `ddpmkit train` and its rows say so."""
+    a = quality_cpu.parse_args(["--name", "hour", "--time", "60m", "--run-root", str(tmp_path)])
+    cmd = quality_cpu.train_command(a)
+    assert cmd[cmd.index("--time") + 1] == "60m" and "--max-steps" not in cmd
+    from quality_report import row
+
+    assert "| celeba32 `--time 60m` `train.lr=2e-3` |" in row(_record(time_budget="60m", step=4812))
+    assert "| celeba32 `--max-steps 2600` |" in row(_record(max_steps=2600, sets=[]))
+
+
 @pytest.mark.parametrize("args, message", [
     (["--steps", "10", "--x0", "clamp"], "clamp"),
     (["--steps", "10", "--evals-at", "20"], "evals-at"),

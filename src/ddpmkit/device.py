@@ -96,6 +96,15 @@ class DistInfo:
         torch.distributed.all_reduce(x)
         return x / self.world_size
 
+    def from_main(self, values: list[float]) -> list[float]:
+        """Rank 0's `values` on every rank (each rank passes a list of the same length; whole
+        numbers up to 2**53 come back exact)."""
+        if not self.enabled:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self._collective_device())
+        torch.distributed.broadcast(t, src=0)
+        return t.tolist()
+
     def any_rank(self, flag: bool) -> bool:
         """True on every rank when `flag` is True on at least one."""
         return self.any_rank_later(flag)()

@@ -1,7 +1,8 @@
 """The run folder: where each file of a run lives, and the one reading of what a run holds.
 
     RUN/config.yaml     the resolved settings (`ddpmkit train --config RUN/config.yaml` repeats the run)
-    RUN/run.json        versions, device, parameter count, data, total_steps (the planned length)
+    RUN/run.json        versions, device, parameter count, data, total_steps (the planned length),
+                        "budget" (what a run fitted to train.time_budget was fitted from)
     RUN/log.jsonl       one JSON object per logged step, FID measurement, ...
     RUN/samples/        preview grids, step_00001000.png
     RUN/checkpoints/    step_00001000/{model,ema}.safetensors + state.pt, and `latest` (its name)

@@ -3,6 +3,7 @@ then hand them to `ddpmkit.train.train`."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -31,6 +32,7 @@ def train(
     dataset: Annotated[Optional[str], typer.Option("--dataset", help="synthetic (generated faces), celeba, or folder (images under --data-root). " + default_is("celeba when found or prepared, else synthetic"), show_default=False)] = None,  # noqa: E501
     epochs: Annotated[Optional[int], typer.Option(help=from_preset("Train for this many epochs.", "train.epochs"))] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help=from_preset("Stop after this many steps.", "train.max_steps"))] = None,
+    time_budget: Annotated[Optional[str], typer.Option("--time", metavar="<duration>", help=from_preset("Train for this long (90s, 10m, 1h30m): steps and lr schedule fitted to this machine; --max-steps/--epochs win.", "train.time_budget"))] = None,  # noqa: E501
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help=from_preset("Global batch size.", "train.batch_size"))] = None,
     lr: Annotated[Optional[float], typer.Option(help=from_preset("Peak learning rate.", "train.lr"))] = None,
     run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help=from_preset("Where checkpoints, logs and samples go.", "train.run_dir"))] = None,
@@ -40,6 +42,7 @@ def train(
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", metavar="", help=from_preset("torch.compile the network.", "train.compile"))] = None,
     condition: Annotated[Optional[str], typer.Option("--condition", help=from_preset("none, or attributes: condition on the data's binary attributes (CelebA's 40 from prepare, the demo faces' 11) with condition dropout train.p_uncond, for `sample --attr ... --guidance W`.", "train.condition"))] = None,  # noqa: E501
     resume: Annotated[bool, typer.Option("--resume", metavar="", help="Continue the run in --run-dir from its last checkpoint.")] = False,
+    replan: Annotated[bool, typer.Option("--replan", metavar="", help="With --resume, for a run with a time budget: fit the rest of the run to --time (or its train.time_budget) from now, instead of keeping its planned steps.")] = False,  # noqa: E501
     progress: Annotated[bool, typer.Option("--progress/--no-progress", metavar="", show_default=False, help="A bar in a terminal, a plain line every train.log_every steps when piped (default); --no-progress: neither.")] = True,  # noqa: E501
 ) -> None:
     """Train a DDPM, printing its plan first (preset, parameters, data, batch, steps, device, ETA).
@@ -48,17 +51,18 @@ def train(
     prepare` is trained at its prepared size with the preset for that size and machine (celeba32 on
     a CPU, celeba64 or celeba128 on a GPU); without CelebA, the demo on generated faces (CPU, minutes).
 
-    Example: ddpmkit prepare --size 32 && ddpmkit train --epochs 5
+    Example: ddpmkit prepare --size 32 && ddpmkit train --time 30m
     """
+    started = time.monotonic()  # a --time budget counts from here, torch's import included
     # lazy: torch and the training code load when the command runs, not for `ddpmkit --help`
     from ddpmkit.train import train as run_training
 
-    if dataset is not None and dataset not in DATASETS:
-        raise DdpmkitError(f"--dataset {dataset!r} is not one of: {', '.join(DATASETS)}")
+    _check_flags(dataset, replan, resume)
     overrides = {
         "train": {
             "epochs": epochs,
             "max_steps": max_steps,
+            "time_budget": time_budget,
             "batch_size": batch_size,
             "lr": lr,
             "run_dir": str(run_dir) if run_dir else None,
@@ -70,17 +74,34 @@ def train(
         "data": {"root": str(data_root) if data_root else None, "size": size, "dataset": dataset},
     }
     settings, why = _settings(config, preset, sets, overrides, size, dataset, resume)
-    # the length asked for on the command line is the length: a preset's other limit does not cut it short
-    if epochs is not None and max_steps is None:
-        settings.train.max_steps = None
-    if max_steps is not None and epochs is None:
-        settings.train.epochs = None
+    _length_asked(settings, epochs, max_steps, time_budget)
     result = run_training(settings, resume=resume, log=lambda m: console.print(m, markup=False),
-                          progress="auto" if progress else "off", why=why)
+                          progress="auto" if progress else "off", why=why, replan=replan, started=started)
     if result.interrupted:
         raise typer.Exit(130)
     loss = f"{result.last_loss:.4f}" if result.last_loss == result.last_loss else "—"
     console.print(f"done: step {result.step}, loss {loss}, checkpoint {result.checkpoint}", markup=False)
+
+
+def _check_flags(dataset: Optional[str], replan: bool, resume: bool) -> None:
+    if dataset is not None and dataset not in DATASETS:
+        raise DdpmkitError(f"--dataset {dataset!r} is not one of: {', '.join(DATASETS)}")
+    if replan and not resume:
+        raise DdpmkitError("--replan fits the rest of a resumed run to its time budget: use it with --resume")
+
+
+def _length_asked(settings: Settings, epochs: Optional[int], max_steps: Optional[int], time_budget: Optional[str]) -> None:
+    """The length asked for on the command line is the length: a preset's or file's other limit
+    does not cut it short. Given together, --max-steps/--epochs win over --time (launch says so)."""
+    tc = settings.train
+    if epochs is not None and max_steps is None:
+        tc.max_steps = None
+    if max_steps is not None and epochs is None:
+        tc.epochs = None
+    if time_budget is not None and epochs is None and max_steps is None:
+        tc.max_steps = tc.epochs = None
+    if time_budget is None and (epochs is not None or max_steps is not None):
+        tc.time_budget = None
 
 
 def _settings(

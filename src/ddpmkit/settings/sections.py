@@ -10,7 +10,9 @@ import os
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ddpmkit.human import parse_duration
 
 DATA_ROOT_ENV = "DDPMKIT_DATA_ROOT"
 GROUPNORM_EPS = 1e-6  # TensorFlow group_norm's default, kept by DDPM and DDIM (model.norm_eps)
@@ -148,11 +150,22 @@ class TrainConfig(_Section):
     run_dir: Path = Path("runs/demo")
     epochs: Optional[int] = Field(None, ge=1, description="stop after this many epochs")
     max_steps: Optional[int] = Field(None, ge=1, description="stop after this many steps")
+    time_budget: Optional[str] = Field(
+        None, description="train for this long, e.g. 90s, 10m, 1h30m: the step count (and with it the lr "
+        "schedule) is fitted to the machine from trial steps timed at the start; train.max_steps or "
+        "train.epochs, when set, win (a fixed length)"
+    )
     batch_size: int = Field(128, ge=1)
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = Field(2e-4, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
-    warmup_steps: int = Field(5000, ge=0)
+    warmup_steps: Optional[int] = Field(
+        None, ge=0, description="linear warm-up from 0, in steps; None: train.warmup_fraction of the run's steps"
+    )
+    warmup_fraction: Optional[float] = Field(
+        None, ge=0.0, lt=1.0, description="warm-up as this share of the run's steps (rounded), so a run sized by "
+        "train.time_budget warms up for its share of it; train.warmup_steps, when set, wins; neither: none"
+    )
     lr_decay: Literal["constant", "cosine"] = Field(
         "constant", description="after warm-up: constant (DDPM) or cosine to 0 at the last step"
     )
@@ -202,6 +215,22 @@ class TrainConfig(_Section):
         True, description="hide each attribute of an example (value 0 = unknown) with a probability drawn "
         "uniformly per example, so that attributes left unspecified at sampling mean 'any'"
     )
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _check_time_budget(cls, value: Any) -> Optional[str]:
+        """A duration with its units (a YAML number has none: refused by parse_duration)."""
+        if value is None:
+            return None
+        text = str(value).strip()
+        if parse_duration(text) <= 0:
+            raise ValueError(f"{text!r} is no time at all")
+        return text
+
+    @property
+    def time_budget_s(self) -> Optional[float]:
+        """train.time_budget in seconds; None when the run's length is not a time."""
+        return None if self.time_budget is None else parse_duration(self.time_budget)
 
 
 class SampleConfig(_Section):

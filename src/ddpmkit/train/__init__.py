@@ -6,6 +6,8 @@
     periodic.py  preview grids, FID, stop signals
     progress.py  the plan line, the measured ETA, the progress bar or plain lines
     plan.py      which preset a bare `ddpmkit train` takes; a preset fitted to another size
+    budget.py    a length fitted to train.time_budget: the arithmetic (no torch)
+    trial.py     the trial steps and jobs timed (then undone) to fit that length
     optim.py     optimizer and learning-rate schedule
     data.py      the training images (generated, or the prepared cache)
     ema.py, rundir.py

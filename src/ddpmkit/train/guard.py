@@ -16,7 +16,8 @@
   logged steps that are trained again), and a changed run length is said in one line. The
   learning-rate schedule always follows the length asked for now, so resuming a cosine-decay
   run with another --max-steps (or --epochs) re-stretches the decay: the learning rate jumps at
-  the resumed step; the note gives its value before and after.
+  the resumed step; the note gives its value before and after. A run fitted to a time budget keeps
+  the length its run info holds unless --replan fits the rest of it to the budget again.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ddpmkit.io_utils import remove_leftovers
 from ddpmkit.runlock import RunLock
 from ddpmkit.settings import TrainConfig
 from ddpmkit.train.logfile import drop_records_after
-from ddpmkit.train.optim import lr_at
+from ddpmkit.train.optim import lr_at, warmup_of
 from ddpmkit.train.trainer import Trainer
 
 Log = Callable[[str], None]
@@ -95,14 +96,15 @@ def length_note(trainer: Trainer) -> Optional[str]:
     saved = trainer.state.resumed_from
     if saved is None:
         return None
-    planned = planned_steps(saved.train, trainer.batches.n)
-    if planned == trainer.total:
+    # a run fitted to a time budget has no step count in its settings: its run info holds its length
+    planned = planned_steps(saved.train, trainer.batches.n) or trainer.planned_before
+    if not isinstance(planned, int) or planned == trainer.total:
         return None
     text = f"note: the run was planned for {planned} steps and now goes to {trainer.total}"
     c, was, step = trainer.cfg, saved.train, trainer.step
     if "cosine" in (c.lr_decay, was.lr_decay):
-        lr_was = lr_at(step, was.lr, was.warmup_steps, planned, was.lr_decay)
-        lr_now = lr_at(step, c.lr, c.warmup_steps, trainer.total, c.lr_decay)
+        lr_was = lr_at(step, was.lr, warmup_of(was, planned), planned, was.lr_decay)
+        lr_now = lr_at(step, c.lr, trainer.warmup, trainer.total, c.lr_decay)
         text += (f"; the learning-rate decay follows the new length, so the learning rate at step {step} "
                  f"goes from {lr_was:.3g} to {lr_now:.3g}")
     return text

@@ -4,12 +4,14 @@
       build_trainer   validate everything, then build device, data, model, state, periodic work;
                       nothing is written to the run directory yet, so a failed start leaves none
       [run-directory lock]
-      Trainer.open    refuse to clobber a run; create it, or load the checkpoint to resume
+      Trainer.open    refuse to clobber a run; load the checkpoint to resume; fit the length to
+                      train.time_budget (train/trial.py); create the run
       Trainer.run     the loop
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
@@ -26,6 +28,7 @@ from ddpmkit.nn import count_parameters
 from ddpmkit.progress import Mode
 from ddpmkit.schedule import NoiseSchedule
 from ddpmkit.settings import Settings, TrainConfig
+from ddpmkit.train.budget import Every, budgeted, length_rule
 from ddpmkit.train.data import describe_data, load_training_images, training_attributes
 from ddpmkit.train.guard import RunGuard
 from ddpmkit.train.periodic import FidProbe, Periodic, PreviewGrids
@@ -34,6 +37,7 @@ from ddpmkit.train.progress import Plan
 from ddpmkit.train.rundir import TENSORBOARD_MISSING, JsonlLogger, RunDir, TensorBoard
 from ddpmkit.train.state import TrainState
 from ddpmkit.train.trainer import Log, Trainer, TrainResult
+from ddpmkit.train.trial import TimedLength
 
 OnStep = Callable[[Trainer], None]
 
@@ -47,6 +51,8 @@ def train(
     dist: Optional[DistInfo] = None,
     on_step: Iterable[OnStep] = (),
     why: str = "",
+    replan: bool = False,
+    started: Optional[float] = None,
 ) -> TrainResult:
     """Train `settings` into settings.train.run_dir (or continue it: resume=True).
 
@@ -54,11 +60,15 @@ def train(
     `on_step` callbacks see the Trainer after every step (they may call `request_stop()`).
     progress: "auto" (a bar in a terminal, a plain line per log when piped), "bar", "lines",
     or "off" (True = auto, False = off). `why`: why this preset, for the plan line.
+    A run with train.time_budget (and no step count) fits its length to the budget, counted from
+    `started` (a time.monotonic(); default now); a resume keeps that length unless `replan`.
     """
+    started = time.monotonic() if started is None else started
     dist = dist or dist_from_env()
     was_joined = dist.joined()
     try:
-        trainer = build_trainer(settings, dist=dist, log=log, progress=progress, on_step=on_step, why=why)
+        trainer = build_trainer(settings, dist=dist, log=log, progress=progress, on_step=on_step, why=why,
+                                replan=replan, started=started)
         # ── RUN-DIRECTORY LOCK (issue 12) ─────────────────────────────────────────────────────
         # The one place to take it: everything is validated, and nothing in the run directory has
         # been read or written yet. Take it on the main rank around open() and run() (open() reads
@@ -83,13 +93,21 @@ def build_trainer(
     progress: Mode | bool = "auto",
     on_step: Iterable[OnStep] = (),
     why: str = "",
+    replan: bool = False,
+    started: Optional[float] = None,
 ) -> Trainer:
     """Validate `settings` and build every piece of the run. Joins the process group under
     torchrun; reads (or prepares) the data; writes nothing to the run directory."""
+    started = time.monotonic() if started is None else started
     dist = dist or dist_from_env()
     s, tc = settings, settings.train
     main_log: Log = log if dist.is_main else _silent
     check_settings(s, dist.world_size)
+    if rule := length_rule(tc):
+        main_log(rule)
+    if replan and not budgeted(tc):
+        raise DdpmkitError("--replan fits the rest of a run to its time budget: give --time (train.time_budget) "
+                           "and no --max-steps or --epochs")
     device = dist.device(tc.device)
     dist.join(device)
     images, data_info = _training_images(s, dist, main_log)
@@ -110,17 +128,20 @@ def build_trainer(
                 cpu_alternative(s.preset, s.data.dataset))
     run_info = {"device": str(device), "parameters": params, "world_size": dist.world_size,
                 "total_steps": total, "preset_choice": why, **data_info}
+    fit = TimedLength(tc.time_budget, started, Every(tc.ckpt_every, tc.sample_every, s.fid.every), replan,
+                      main_log) if budgeted(tc) and tc.time_budget else None
     return Trainer(state, batches, sched, tc, net=_network(state.model, tc, device, dist), total=total,
                    run_dir=run_dir, run_info=run_info, plan=plan, dist=dist, periodic=periodic,
-                   log_file=log_file, progress=progress, log=log, on_step=on_step)
+                   log_file=log_file, progress=progress, log=log, on_step=on_step, fix_length=fit)
 
 
 def check_settings(settings: Settings, world_size: int) -> None:
     """What can be refused before any data is read: one line each."""
     tc = settings.train
     settings.check_model()
-    if tc.max_steps is None and tc.epochs is None:
-        raise DdpmkitError("set how long to train: --epochs N or --max-steps N (train.epochs / train.max_steps)")
+    if tc.max_steps is None and tc.epochs is None and tc.time_budget is None:
+        raise DdpmkitError("set how long to train: --time 30m, --epochs N or --max-steps N "
+                           "(train.time_budget / train.epochs / train.max_steps)")
     if tc.batch_size % world_size:
         raise DdpmkitError(f"train.batch_size {tc.batch_size} is not divisible by the {world_size} processes")
     if tc.condition == "none" and settings.model.cond_dim:
@@ -160,11 +181,12 @@ def check_data(images: ArrayLike, settings: Settings) -> None:
 
 
 def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
-    """The run's length in steps: the smaller of train.max_steps and train.epochs' worth."""
+    """The run's length in steps: the smaller of train.max_steps and train.epochs' worth; 0 for
+    a run fitted to train.time_budget (its length is fixed before its first step)."""
     limits = [cfg.max_steps] if cfg.max_steps is not None else []
     if cfg.epochs is not None:
         limits.append(cfg.epochs * batches_per_epoch)
-    return min(limits)
+    return min(limits, default=0)
 
 
 def _training_images(settings: Settings, dist: DistInfo, log: Log) -> tuple[ArrayLike, dict[str, Any]]:

@@ -22,6 +22,17 @@ def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int = 0, de
     return base_lr
 
 
+def warmup_of(cfg: TrainConfig, total_steps: int) -> int:
+    """The warm-up's length in steps for a run of `total_steps`: train.warmup_steps when set (a
+    step count wins, as over a time budget), else train.warmup_fraction of the run (rounded),
+    else none."""
+    if cfg.warmup_steps is not None:
+        return cfg.warmup_steps
+    if cfg.warmup_fraction is not None:
+        return int(round(cfg.warmup_fraction * total_steps))
+    return 0
+
+
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """Adam or AdamW as `cfg.optimizer` says, fused into one kernel on CUDA."""
     kwargs: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}

@@ -33,11 +33,13 @@ class Plan:
     epochs: float  # of the data, for the whole run
     device: str
     cpu_alternative: Optional[str] = None  # the preset to suggest if this one is too slow on a CPU
+    fit: str = ""  # a length fitted to a time budget, e.g. "4,812 steps fit in 60m at 85.3 img/s"
 
     def line(self) -> str:
         preset = f"preset {self.preset}" if self.preset else "no preset"
         why = f" ({self.why})" if self.why else ""
         steps = f"steps {self.start:,} → {self.total:,}" if self.start else f"{self.total:,} steps"
+        steps = self.fit or steps
         epochs = f"{self.epochs:,.0f}" if self.epochs >= 100 else f"{self.epochs:.3g}"
         return (f"training {self.parameters / 1e6:.2f}M parameters, {preset}{why} · data: {self.data} · "
                 f"batch {self.batch_size} · {steps} ({epochs} epochs) · device {self.device}")

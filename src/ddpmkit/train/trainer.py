@@ -28,7 +28,7 @@ from ddpmkit.progress import Mode
 from ddpmkit.report import write_report
 from ddpmkit.schedule import NoiseSchedule
 from ddpmkit.settings import TrainConfig
-from ddpmkit.train.optim import lr_at, set_lr
+from ddpmkit.train.optim import lr_at, set_lr, warmup_of
 from ddpmkit.train.periodic import Periodic, StopSignals
 from ddpmkit.train.progress import Plan, TrainProgress
 from ddpmkit.runfolder import step_dir_name
@@ -36,6 +36,7 @@ from ddpmkit.train.rundir import JsonlLogger, RunDir
 from ddpmkit.train.state import TrainState
 
 Log = Callable[[str], None]
+FixLength = Callable[["Trainer", bool], None]  # (trainer, resumed): sets the run's length before step 1
 
 
 @dataclass
@@ -100,11 +101,14 @@ class Trainer:
         progress: Mode | bool = "auto",
         log: Log = print,
         on_step: Iterable[Callable[["Trainer"], None]] = (),
+        fix_length: Optional[FixLength] = None,
     ) -> None:
         self.state, self.batches, self.sched, self.cfg = state, batches, sched, cfg
         self.net = net  # the model as trained: DDP- and/or compile-wrapped state.model
-        self.total = total  # steps of the whole run; the cosine learning-rate decay ends there
         self.run_dir, self.run_info, self.plan = run_dir, run_info, plan
+        self.set_total(total)
+        self.fix_length = fix_length  # None: `total` is the length (train/trial.py fits it to a time budget)
+        self.planned_before: Optional[int] = None  # on a resume, the length the run info held (main rank)
         self.dist, self.periodic, self.log_file = dist, periodic, log_file
         self.progress_mode, self.log = progress, log
         self.on_step: list[Callable[["Trainer"], None]] = list(on_step)
@@ -128,6 +132,13 @@ class Trainer:
     def n_params(self) -> int:
         return sum(p.numel() for p in self.state.model.parameters())
 
+    def set_total(self, total: int) -> None:
+        """The run's length in steps, and with it the warm-up's and the plan's."""
+        self.total = total  # steps of the whole run; the cosine learning-rate decay ends there
+        self.warmup = warmup_of(self.cfg, total)
+        self.plan.total, self.plan.epochs = total, total / max(1, len(self.batches))
+        self.run_info["total_steps"] = total
+
     def request_stop(self) -> None:
         """Finish the current step, save a checkpoint and return (what Ctrl-C and SIGTERM do)."""
         self._stop_requested = True
@@ -143,7 +154,11 @@ class Trainer:
             self.state.load(ckpt, rank=d.rank, log=self.log)
             if d.is_main:
                 self.log(f"resuming {self.run_dir.path} from step {self.state.step} (epoch {self.state.epoch})")
-                self.run_dir.update_info(total_steps=self.total)
+                self.planned_before = self.run_dir.read_info().get("total_steps")
+        if self.fix_length is not None:
+            self.fix_length(self, ckpt is not None)  # before anything is written: a refusal leaves no run
+        if ckpt is not None and d.is_main:
+            self.run_dir.update_info(total_steps=self.total)
         elif d.is_main:
             self.run_dir.create_for(self.state.settings, self.run_info)
         self._mark = (time.perf_counter(), self.state.step)
@@ -172,7 +187,7 @@ class Trainer:
         if self.device.type == "cuda" and c.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
             noise = noise.contiguous(memory_format=torch.channels_last)
-        set_lr(st.optimizer, lr_at(st.step, c.lr, c.warmup_steps, self.total, c.lr_decay))
+        set_lr(st.optimizer, lr_at(st.step, c.lr, self.warmup, self.total, c.lr_decay))
         with autocast(self.device, c.precision):
             loss = training_loss(net, self.sched, x0, t, noise, st.settings.diffusion.prediction,
                                  c.loss_weight, c.min_snr_gamma)
@@ -265,7 +280,7 @@ class Trainer:
             "step": st.step,
             "epoch": st.epoch,
             "loss": round(self.last_loss, 6),
-            "lr": lr_at(st.step - 1, c.lr, c.warmup_steps, self.total, c.lr_decay),
+            "lr": lr_at(st.step - 1, c.lr, self.warmup, self.total, c.lr_decay),
             "img_per_s": round((st.step - step_then) * c.batch_size / max(now - then, 1e-9), 2),
             "time": round(time.time(), 3),
         }
