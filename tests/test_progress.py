@@ -102,6 +102,7 @@ def test_off_prints_nothing():
     assert buf.getvalue() == ""
 
 
+@pytest.mark.fid_weights
 def test_fid_says_what_it_does_and_warns_about_few_images(tmp_path: Path):
     from ddpmkit.train import train
 

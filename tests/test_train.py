@@ -150,6 +150,7 @@ def test_state_file_with_pickled_code_is_refused(tmp_path):
         load_state(ckpt)
 
 
+@pytest.mark.fid_weights
 def test_fid_during_training_is_logged_beside_the_loss(tmp_path):
     s = tiny(
         tmp_path / "run",

@@ -237,8 +237,8 @@ class FidConfig(_Section):
 
     weights: Optional[Path] = Field(
         None,
-        description=f"FID Inception weights file; None = ${FID_WEIGHTS_ENV}, else the user cache "
-        "~/.cache/ddpmkit/ (pt_inception-2015-12-05-fid-nofc.pth)",
+        description=f"FID Inception weights file; None = ${FID_WEIGHTS_ENV}, else pytorch-fid's file in torch's "
+        "hub cache (~/.cache/torch/hub/checkpoints/), downloaded there when online (docs/fid.md)",
     )
     verify_weights: bool = Field(True, description="check the weights file's sha256 against the known ones")
     n: int = Field(10_000, ge=2, description="generated images per FID")
