@@ -1,4 +1,4 @@
-"""FID: finding the Inception weights, agreement with pytorch-fid, sanity on real CelebA, the
+"""FID and KID: finding the Inception weights, agreement with pytorch-fid, sanity on real CelebA, the
 stats cache, the CLI.
 
 The Inception forward pass costs ~0.1 s per image on 2 CPU cores, so the image sets are small
@@ -33,9 +33,11 @@ from ddpmkit.fid import (
     cached_stats,
     folder_source,
     frechet_distance,
+    kernel_inception_distance,
     resolve_weights,
 )
 from ddpmkit.fid import weights as W
+from ddpmkit.fid.kid import SCALE
 from ddpmkit.sections import FID_WEIGHTS_ENV
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:Matrix is singular")
@@ -236,6 +238,11 @@ def test_real_celeba_train_vs_val_is_small_noise_is_large(celeba_feats, feats):
     assert abs(self_fid) < 1e-3
     assert 0 < real < 0.4 * fake, (real, fake)
     assert fake > 200  # noise is nothing like a face
+    # KID: two halves of one real split are near 0 (unbiased, even at 40 images), noise is far
+    halves = kernel_inception_distance(train[:40], train[40:])
+    real_kid = kernel_inception_distance(train, val)
+    fake_kid = kernel_inception_distance(noise, val)
+    assert abs(halves.mean) < 0.05 * fake_kid.mean and real_kid.mean < 0.2 * fake_kid.mean, (halves, real_kid, fake_kid)
 
 
 @pytest.mark.fid_weights
@@ -325,6 +332,8 @@ def test_fid_monitor_against_stats(folders, extractor, feats, tmp_path):
     monitor = FidMonitor(ref, extractor, n=N_NOISE)
     fid = monitor(folder_source(folders["noise"]).read(16))
     assert abs(fid) < 1e-3
+    same_kid = monitor.last_kid  # the reference's own images: the unbiased estimate is at most ~0
+    assert same_kid is not None and same_kid.subset_size == N_NOISE and same_kid.mean < 1e-3
     # built from a source: its statistics are computed once and stored under stats_dir
     source = folder_source(folders["noise"], n=8)
     built = FidMonitor.for_reference(source, extractor, n=8, stats_dir=tmp_path / "stats")
@@ -332,6 +341,7 @@ def test_fid_monitor_against_stats(folders, extractor, feats, tmp_path):
     np.testing.assert_allclose(built.reference.mu, feats["noise"][:8].mean(axis=0), rtol=1e-6, atol=1e-6)
     assert built(folder_source(folders["noise"], n=8).read(8)) == pytest.approx(0, abs=1e-3)
     assert built(folder_source(folders["faces"], n=8).read(8)) > 50
+    assert built.last_kid.mean > 100 * max(same_kid.mean, 1e-4)  # faces against noise
 
 
 def _cli():
@@ -363,6 +373,12 @@ def test_cli_folder_against_cached_reference(folders, feats, tmp_path):
     # the stats of the folder against the same folder's statistics, straight from our features
     expected = frechet_distance(FidStats.from_features(feats["noise"][:20]), FidStats.from_features(feats["faces"]))
     assert result["fid"] == pytest.approx(expected, rel=1e-4)
+    # KID x10³ beside it, as printed, from the same (float16) features: subsets of min(1000, 20, 16)
+    kid = kernel_inception_distance(feats["noise"][:20].astype(np.float16), feats["faces"].astype(np.float16))
+    assert result["kid"]["subset_size"] == N_FACES and result["kid"]["subsets"] == 100
+    assert result["kid"]["mean_x1e3"] == pytest.approx(SCALE * kid.mean, abs=1e-3) and kid.mean > 0
+    assert result["kid"]["std_x1e3"] == pytest.approx(SCALE * kid.std, abs=1e-3)
+    assert f"{SCALE * kid.mean:.2f} ± {SCALE * kid.std:.2f}" in r.output
 
     # an existing --out is kept unless --force; the reference statistics come from the cache
     r = runner.invoke(_cli(), args)
@@ -371,12 +387,14 @@ def test_cli_folder_against_cached_reference(folders, feats, tmp_path):
     assert r.exit_code == 0, r.output
     again = json.loads(out.read_text())
     assert again["reference"]["reused"] is True
-    assert again["fid"] == pytest.approx(result["fid"], rel=1e-9)
+    assert again["fid"] == pytest.approx(result["fid"], rel=1e-9) and again["kid"] == result["kid"]
 
-    # a .npz reference works as well
+    # a .npz reference works as well: FID only, KID needs the images' features
     stats = Path(again["reference"]["stats_cache"])
-    r = runner.invoke(_cli(), [str(stats), str(stats), "--set", f"fid.weights={FID_WEIGHTS}", "--device", "cpu"])
+    r = runner.invoke(_cli(), [str(stats), str(stats), "--set", f"fid.weights={FID_WEIGHTS}", "--device", "cpu",
+                               "--out", str(tmp_path / "npz.json")])
     assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "npz.json").read_text())["kid"] is None and "n/a" in r.output
 
 
 @pytest.mark.fid_weights
@@ -397,7 +415,8 @@ def test_cli_checkpoint_of_the_demo_data_against_generated_faces(tmp_path):
     result = json.loads(out.read_text())
     assert result["reference"]["kind"] == "synthetic" and result["reference_n"] == 8
     assert result["n"] == 6 and result["sampler"] == "ddim" and result["steps"] == 2 and result["checkpoint_step"] == 1
-    assert result["fid"] > 0  # one step of training: far from the faces
+    assert result["fid"] > 0 and result["kid"]["mean_x1e3"] > 0  # one step of training: far from the faces
+    assert result["kid"]["subset_size"] == 6
     r = CliRunner().invoke(_cli(), args + ["--force"])
     assert r.exit_code == 0 and json.loads(out.read_text())["reference"]["reused"] is True
 

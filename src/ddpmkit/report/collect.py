@@ -75,15 +75,15 @@ def read_run(path: Path) -> RunData:
         raise DdpmkitError(f"{path} is not a ddpmkit run directory (no config.yaml or checkpoints/)")
     problems: list[str] = []
     records = _read_jsonl(path / "log.jsonl", problems)
-    diverged = sum(1 for r in records if "loss" in r and not _number(r["loss"]))
+    diverged = sum(1 for r in records if "loss" in r and not is_number(r["loss"]))
     if diverged:
         problems.append(f"log.jsonl: {diverged} step(s) logged a non-finite loss (training diverged?)")
     return RunData(
         path=path,
         config=_read_mapping(path / "config.yaml", yaml.safe_load, problems),
         info=_read_mapping(path / "run.json", json.loads, problems),
-        train_log=[r for r in records if _number(r.get("step")) and _number(r.get("loss"))],
-        fid_log=[r for r in records if _number(r.get("step")) and _number(r.get("fid"))],
+        train_log=[r for r in records if is_number(r.get("step")) and is_number(r.get("loss"))],
+        fid_log=[r for r in records if is_number(r.get("step")) and is_number(r.get("fid"))],
         grids=_read_grids(path / "samples", problems),
         gif=_newest_picture(path, GIF_GLOBS, problems),
         preview=_first_picture(path, PREVIEW_NAMES, problems),
@@ -92,7 +92,8 @@ def read_run(path: Path) -> RunData:
     )
 
 
-def _number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
+    """A finite int or float (not a bool): what a log.jsonl value must be to be plotted."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
