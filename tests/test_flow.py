@@ -265,7 +265,7 @@ def test_tensorboard_without_the_package_says_so_once(tmp_path, monkeypatch):
     messages: list[str] = []
     s = tiny(tmp_path / "run", train={"max_steps": 2, "tensorboard": True, "sample_every": 1, "num_samples": 2})
     train(s, log=messages.append, progress=False)
-    assert messages.count(TENSORBOARD_MISSING) == 1 and "ddpmkit[tensorboard]" in TENSORBOARD_MISSING
+    assert messages.count(TENSORBOARD_MISSING) == 1 and "pip install -e '.[tensorboard]'" in TENSORBOARD_MISSING
     assert not (tmp_path / "run" / "tb").exists()
 
 

@@ -169,7 +169,7 @@ class TrainConfig(_Section):
     num_samples: int = Field(16, ge=1, description="images in each training sample grid")
     report: bool = Field(True, description="write report.html into the run at every checkpoint")
     tensorboard: bool = Field(
-        False, description="also log scalars and sample grids for TensorBoard (pip install 'ddpmkit[tensorboard]')"
+        False, description="also log scalars and sample grids for TensorBoard (pip install tensorboard)"
     )
     condition: Literal["none", "attributes"] = Field(
         "none", description="none: unconditional; attributes: condition on the data's binary attributes "

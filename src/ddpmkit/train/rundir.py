@@ -87,7 +87,7 @@ class RunDir:
 
 TENSORBOARD_MISSING = (
     "note: train.tensorboard is on but the tensorboard package is not installed "
-    "(pip install 'ddpmkit[tensorboard]'): logging to log.jsonl only"
+    "(pip install tensorboard; in a clone: pip install -e '.[tensorboard]'): logging to log.jsonl only"
 )
 
 
