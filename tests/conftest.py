@@ -54,7 +54,7 @@ MISSING = {
 
 def _missing_for(item: pytest.Item) -> Optional[str]:
     """What a test marked shared_celeba or fid_weights needs and this checkout lacks, or None."""
-    return next((missing for mark, missing in MISSING.items() if missing and item.get_closest_marker(mark)), None)
+    return "; ".join(missing for mark, missing in MISSING.items() if missing and item.get_closest_marker(mark)) or None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
