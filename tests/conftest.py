@@ -40,13 +40,14 @@ def _test_weights() -> Optional[Path]:
     return None
 
 
-FID_WEIGHTS = _test_weights() or SHARED_WEIGHTS  # a path for tests to name; present iff MISSING has no fid_weights
+_FOUND_WEIGHTS = _test_weights()
+FID_WEIGHTS = _FOUND_WEIGHTS or SHARED_WEIGHTS  # a path for tests to name; present iff MISSING has no fid_weights
 _CELEBA_FILES = (CELEBA / "img_align_celeba" / "000001.jpg", CELEBA / "list_eval_partition.txt",
                  CELEBA / "list_attr_celeba_000001-020000.txt")
 MISSING = {
     "shared_celeba": None if all(p.is_file() for p in _CELEBA_FILES) else
     f"needs the real CelebA files of ../shared: {CELEBA} is missing or incomplete",
-    "fid_weights": None if _test_weights() else
+    "fid_weights": None if _FOUND_WEIGHTS else
     f"needs the FID Inception weights: none at ${FID_WEIGHTS_ENV}, {SHARED_WEIGHTS} "
     f"or {fid_weights.hub_weights_path()}",
 }
