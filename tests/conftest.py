@@ -1,27 +1,109 @@
-"""Shared fixtures: tiny settings that train in seconds on a CPU, the path to ../shared, and the
-FID weights from ../shared for the whole session (through $DDPMKIT_FID_WEIGHTS, as a user would)."""
+"""Shared fixtures: tiny settings that train in seconds on a CPU, CelebA as files, and the data of ../shared.
+
+Tests that need ../shared carry a mark: `shared_celeba` (the real CelebA files, ../shared/celeba)
+or `fid_weights` (the FID Inception weights: $DDPMKIT_FID_WEIGHTS as set when the tests start,
+else ../shared/fid/<file>, else pytorch-fid's file in torch's hub cache). Where they are missing
+such a test is skipped, its reason naming what is missing; on CI ($CI = true), where ../shared
+stands beside the repository, it fails instead, so CI runs every one of them.
+
+Every test sees the weights through $DDPMKIT_FID_WEIGHTS, as a user would (product code knows no
+../shared), with a torch hub folder of its own, and nothing is ever downloaded.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
+from urllib.error import URLError
 
 import pytest
 
+from celeba_files import CelebaFiles, shared_celeba, write_generated_celeba
+from ddpmkit.fid import weights as fid_weights
 from ddpmkit.settings import FID_WEIGHTS_ENV
 from ddpmkit.settings import Settings, build_settings, deep_merge
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-FID_WEIGHTS = SHARED / "fid" / "pt_inception-2015-12-05-fid-nofc.pth"
+CELEBA = SHARED / "celeba"
+SHARED_WEIGHTS = SHARED / "fid" / "pt_inception-2015-12-05-fid-nofc.pth"
+ON_CI = os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def _test_weights() -> Optional[Path]:
+    """The FID weights the tests use: $DDPMKIT_FID_WEIGHTS as given, ../shared's, or pytorch-fid's in the hub cache."""
+    given = os.environ.get(FID_WEIGHTS_ENV)
+    for path in (Path(given) if given else None, SHARED_WEIGHTS, fid_weights.hub_weights_path()):
+        if path is not None and path.is_file():
+            return path
+    return None
+
+
+_FOUND_WEIGHTS = _test_weights()
+FID_WEIGHTS = _FOUND_WEIGHTS or SHARED_WEIGHTS  # a path for tests to name; present iff MISSING has no fid_weights
+_CELEBA_FILES = (CELEBA / "img_align_celeba" / "000001.jpg", CELEBA / "list_eval_partition.txt",
+                 CELEBA / "list_attr_celeba_000001-020000.txt")
+MISSING = {
+    "shared_celeba": None if all(p.is_file() for p in _CELEBA_FILES) else
+    f"needs the real CelebA files of ../shared: {CELEBA} is missing or incomplete",
+    "fid_weights": None if _FOUND_WEIGHTS else
+    f"needs the FID Inception weights: none at ${FID_WEIGHTS_ENV}, {SHARED_WEIGHTS} "
+    f"or {fid_weights.hub_weights_path()}",
+}
+
+
+def _missing_for(item: pytest.Item) -> Optional[str]:
+    """What a test marked shared_celeba or fid_weights needs and this checkout lacks, or None."""
+    return "; ".join(missing for mark, missing in MISSING.items() if missing and item.get_closest_marker(mark)) or None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Such a test is skipped, its reason naming what is missing (on CI it fails, see below)."""
+    for item in items:
+        missing = _missing_for(item)
+        if missing and not ON_CI:
+            item.add_marker(pytest.mark.skip(reason=missing))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """On CI, where ../shared stands beside the repository, a test that would skip for it fails."""
+    missing = _missing_for(item)
+    if missing and ON_CI:
+        pytest.fail(f"CI=true, so ../shared must be present: this test {missing}", pytrace=False)
+
+
+def _no_download(url: str, dst: str, *args: Any, **kwargs: Any) -> None:
+    raise URLError(f"tests never download ({url})")
 
 
 @pytest.fixture(scope="session", autouse=True)
-def fid_weights_env() -> Iterator[Path]:
-    """$DDPMKIT_FID_WEIGHTS -> ../shared/fid/<file> for every test (product code knows no such path)."""
+def fid_weights_env(tmp_path_factory) -> Iterator[Path]:
+    """$DDPMKIT_FID_WEIGHTS -> the tests' weights file (unset when there is none); TORCH_HOME -> an
+    empty folder, and no download: the hub cache and the network never decide a test."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(FID_WEIGHTS_ENV, str(FID_WEIGHTS))
+        if MISSING["fid_weights"]:
+            mp.delenv(FID_WEIGHTS_ENV, raising=False)
+        else:
+            mp.setenv(FID_WEIGHTS_ENV, str(FID_WEIGHTS))
+        mp.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
+        mp.setattr(fid_weights, "download_url_to_file", _no_download)
         yield FID_WEIGHTS
+
+
+@pytest.fixture(scope="session")
+def generated_celeba(tmp_path_factory) -> CelebaFiles:
+    """A small CelebA release drawn from the generated faces (celeba_files.py): runs anywhere."""
+    return write_generated_celeba(tmp_path_factory.mktemp("generated_celeba"))
+
+
+@pytest.fixture(scope="session", params=["generated", pytest.param("shared", marks=pytest.mark.shared_celeba)])
+def celeba(request) -> CelebaFiles:
+    """The CelebA release of the layout and prepare tests: the generated one, and the real files of ../shared."""
+    if request.param == "generated":
+        return request.getfixturevalue("generated_celeba")
+    return shared_celeba(CELEBA)
 
 TINY: dict[str, Any] = {
     "model": {

@@ -106,6 +106,7 @@ def test_source_colour_is_cached_beside_the_fid_statistics(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.fid_weights
 def test_fid_cli_prints_the_colour_table_and_writes_it_to_json(tmp_path):
     import typer
 
@@ -139,6 +140,7 @@ def test_fid_cli_prints_the_colour_table_and_writes_it_to_json(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.fid_weights
 def test_training_fid_monitor_logs_colour(tmp_path):
     from conftest import tiny
     from ddpmkit.data.synthetic import make_faces

@@ -275,20 +275,14 @@ def test_attr_hit_benchmark_runs(cond_run, tmp_path, capsys):
     assert w > h  # 2 rows of 3 blocks of 2 faces (+ gaps): wider than tall
 
 
-CELEBA = Path(__file__).resolve().parents[2] / "shared" / "celeba"
+def test_celeba_attributes_end_to_end(tmp_path, celeba):
+    """CelebA files (generated, and the real ones of ../shared): images with and without attribute
+    rows, `prepare`d on first use, trained conditionally (rows missing counted), sampled with CelebA's names."""
+    from celeba_files import make_official
 
-
-def test_celeba_attributes_end_to_end(tmp_path):
-    """Real CelebA files (../shared): images with and without attribute rows, `prepare`d on first
-    use, trained conditionally (rows missing counted), sampled with CelebA's names."""
-    names = sorted(p.name for p in (CELEBA / "img_align_celeba").glob("0000*.jpg"))[:12]  # have rows
-    names += sorted(p.name for p in (CELEBA / "img_align_celeba").glob("19*.jpg"))[:4]  # no rows
-    root = tmp_path / "celeba"
-    (root / "img_align_celeba").mkdir(parents=True)
-    for n in names:
-        (root / "img_align_celeba" / n).symlink_to(CELEBA / "img_align_celeba" / n)
-    for f in ("list_eval_partition.txt", "list_attr_celeba_000001-020000.txt"):
-        (root / f).symlink_to(CELEBA / f)
+    names = [n for n in celeba.names if n < "020000"][:12]  # have rows
+    names += [n for n in celeba.names if n.startswith("19")][:4]  # no rows
+    root = make_official(tmp_path / "celeba", celeba, names)
     data = {"dataset": "celeba", "root": str(root), "cache_dir": str(tmp_path / "cache"), "size": 16,
             "split": "all", "workers": 1}
     lines: list[str] = []

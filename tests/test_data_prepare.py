@@ -1,4 +1,5 @@
-"""`prepare` and its cache on a few hundred real CelebA images from ../shared/celeba."""
+"""`prepare` and its cache on a few hundred CelebA images: the generated release and the real files
+of ../shared/celeba (both through the `celeba` fixture; see celeba_files.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
+from celeba_files import CelebaFiles, make_kaggle, make_official
 from ddpmkit.cli.prepare_cmd import prepare as prepare_command
 from ddpmkit.data import cache as C
 from ddpmkit.data import prepare as P
@@ -20,26 +22,23 @@ from ddpmkit.errors import DdpmkitError
 from ddpmkit.images import preview_grid
 from ddpmkit.settings import DataConfig
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "celeba"
-IMAGES = SHARED / "img_align_celeba"
-ALL = sorted(p.name for p in IMAGES.glob("*.jpg"))
-# early images (have attributes) and late ones (no attribute rows; val and test splits)
-PICK = ALL[:120] + [n for n in ALL if n > "100000"][:60] + [n for n in ALL if n > "170000"][:60] + [n for n in ALL if n > "190000"][:60]
-PART = read_partition(SHARED / "list_eval_partition.txt")
 
-
-def make_official(root: Path, names=PICK) -> Path:
-    (root / "img_align_celeba").mkdir(parents=True)
-    for n in names:
-        (root / "img_align_celeba" / n).symlink_to(IMAGES / n)
-    for f in ("list_eval_partition.txt", "list_attr_celeba_000001-020000.txt"):
-        (root / f).symlink_to(SHARED / f)
-    return root
+@pytest.fixture(scope="module")
+def pick(celeba: CelebaFiles) -> list[str]:
+    """Early images (with attribute rows) and late ones (no rows; val and test splits)."""
+    names = celeba.names
+    late = [[n for n in names if n > start][:60] for start in ("100000", "170000", "190000")]
+    return names[:120] + late[0] + late[1] + late[2]
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    return make_official(tmp_path_factory.mktemp("celeba"))
+def part(celeba: CelebaFiles) -> dict[str, int]:
+    return read_partition(celeba.partition)
+
+
+@pytest.fixture(scope="module")
+def root(celeba, pick, tmp_path_factory) -> Path:
+    return make_official(tmp_path_factory.mktemp("celeba"), celeba, pick)
 
 
 @pytest.fixture(scope="module")
@@ -48,22 +47,22 @@ def built(root, tmp_path_factory):
     return cfg, P.prepare_dataset(cfg, show_progress=False)
 
 
-def test_prepare_all_counts_attributes_and_pixels(built):
+def test_prepare_all_counts_attributes_and_pixels(built, celeba, pick, part):
     cfg, res = built
     assert not res.reused and res.layout.kind == "official" and C.is_complete(res.path)
     idx, c = res.index, res.counts
-    assert c["ok"] == len(PICK) and c["skipped"] == 0 and idx["files"] == PICK
-    want = {s: sum(PART[n] == code for n in PICK) for s, code in (("train", 0), ("val", 1), ("test", 2))}
+    assert c["ok"] == len(pick) and c["skipped"] == 0 and idx["files"] == pick
+    want = {s: sum(part[n] == code for n in pick) for s, code in (("train", 0), ("val", 1), ("test", 2))}
     assert {k: c["per_split"][k] for k in want} == want and want["val"] > 0 and want["test"] > 0
-    assert idx["split"] == [PART[n] for n in PICK]
-    assert c["attributes_missing"] == sum(n > "020000.jpg" for n in PICK) == 180
+    assert idx["split"] == [part[n] for n in pick]
+    assert c["attributes_missing"] == sum(n > "020000.jpg" for n in pick) == 180
     assert c["attributes_declared"] == 202599 and c["attributes_rows"] == 20000
     images = C.open_images(res.path)
-    assert images.shape == (len(PICK), 3, 64, 64) and images.dtype == np.uint8
-    for i in (0, 150, len(PICK) - 1):  # pool order = file order
-        assert np.array_equal(images[i], load_square(str(IMAGES / PICK[i]), "ddim", 64))
+    assert images.shape == (len(pick), 3, 64, 64) and images.dtype == np.uint8
+    for i in (0, 150, len(pick) - 1):  # pool order = file order
+        assert np.array_equal(images[i], load_square(str(celeba.images / pick[i]), "ddim", 64))
     attrs = np.load(res.path / C.ATTRIBUTES)
-    assert attrs.shape == (len(PICK), 40) and attrs.dtype == np.int8
+    assert attrs.shape == (len(pick), 40) and attrs.dtype == np.int8
     assert set(np.unique(attrs[:120])) == {-1, 1} and not attrs[120:].any()
     assert idx["settings"] == {"size": 64, "crop": "ddim", "split": "all"}
 
@@ -82,29 +81,29 @@ def test_reuse_invalidation_and_force(built):
 
 
 @pytest.mark.parametrize("split", ["train", "val", "test"])
-def test_splits_follow_the_partition_file(built, split):
+def test_splits_follow_the_partition_file(built, split, celeba, pick, part):
     cfg, _ = built
     res = P.prepare_dataset(cfg.model_copy(update={"split": split, "size": 128, "workers": 1}), show_progress=False)
     code = {"train": 0, "val": 1, "test": 2}[split]
-    assert res.index["files"] == [n for n in PICK if PART[n] == code]
+    assert res.index["files"] == [n for n in pick if part[n] == code]
     assert C.open_images(res.path).shape[1:] == (3, 128, 128)
-    raw = np.asarray(Image.open(IMAGES / res.index["files"][0]).convert("RGB"))
+    raw = np.asarray(Image.open(celeba.images / res.index["files"][0]).convert("RGB"))
     assert np.array_equal(C.open_images(res.path)[0], raw[57:185, 25:153].transpose(2, 0, 1))
 
 
-def test_source_change_makes_a_new_cache(tmp_path):
-    root = make_official(tmp_path / "r", PICK[:10])
+def test_source_change_makes_a_new_cache(tmp_path, celeba, pick):
+    root = make_official(tmp_path / "r", celeba, pick[:10])
     cfg = DataConfig(dataset="celeba", root=root, cache_dir=tmp_path / "c", split="all", workers=1)
     first = P.prepare_dataset(cfg, show_progress=False)
-    (root / "img_align_celeba" / PICK[10]).symlink_to(IMAGES / PICK[10])
+    (root / "img_align_celeba" / pick[10]).symlink_to(celeba.images / pick[10])
     second = P.prepare_dataset(cfg, show_progress=False)
     assert not second.reused and second.path != first.path and second.counts["ok"] == 11
 
 
-def test_corrupt_files_are_skipped_and_reported(tmp_path):
-    root = make_official(tmp_path / "r", PICK[:70])
+def test_corrupt_files_are_skipped_and_reported(tmp_path, celeba, pick):
+    root = make_official(tmp_path / "r", celeba, pick[:70])
     img = root / "img_align_celeba"
-    (img / "900001.jpg").write_bytes((IMAGES / PICK[0]).read_bytes()[:1500])  # truncated JPEG
+    (img / "900001.jpg").write_bytes((celeba.images / pick[0]).read_bytes()[:1500])  # truncated JPEG
     (img / "900002.jpg").write_bytes(b"")  # empty
     (img / "900003.jpg").write_text("not an image at all\n")  # text renamed .jpg
     cfg = DataConfig(dataset="celeba", root=root, cache_dir=tmp_path / "c", split="all", workers=2)
@@ -112,7 +111,7 @@ def test_corrupt_files_are_skipped_and_reported(tmp_path):
     c = res.counts
     assert c["ok"] == 70 and c["skipped"] == 3 and c["per_split"]["none"] == 0
     images = np.load(res.path / C.IMAGES, mmap_mode="r")  # shrunk in place, still a valid .npy
-    assert images.shape == (70, 3, 64, 64) and res.index["files"] == PICK[:70]
+    assert images.shape == (70, 3, 64, 64) and res.index["files"] == pick[:70]
     assert (res.path / C.IMAGES).stat().st_size == 70 * 3 * 64 * 64 + images.offset
     report = (res.path / C.REPORT).read_text()
     for n in ("900001.jpg", "900002.jpg", "900003.jpg"):
@@ -120,8 +119,8 @@ def test_corrupt_files_are_skipped_and_reported(tmp_path):
     assert "skipped 3" in report
 
 
-def test_interrupted_prepare_leaves_nothing_complete(tmp_path, monkeypatch):
-    root = make_official(tmp_path / "r", PICK[:200])
+def test_interrupted_prepare_leaves_nothing_complete(tmp_path, monkeypatch, celeba, pick):
+    root = make_official(tmp_path / "r", celeba, pick[:200])
     cfg = DataConfig(dataset="celeba", root=root, cache_dir=tmp_path / "c", split="all", workers=1)
     real = P._process_chunk
     calls = []
@@ -149,30 +148,28 @@ def test_interrupted_prepare_leaves_nothing_complete(tmp_path, monkeypatch):
     assert not again.reused and C.is_complete(again.path)
 
 
-def test_plain_folder_and_missing_partition(tmp_path):
+def test_plain_folder_and_missing_partition(tmp_path, celeba, pick):
     plain = tmp_path / "faces" / "x"
     plain.mkdir(parents=True)
-    for n in PICK[:5]:
-        (plain / n).symlink_to(IMAGES / n)
+    for n in pick[:5]:
+        (plain / n).symlink_to(celeba.images / n)
     cfg = DataConfig(dataset="folder", root=tmp_path / "faces", cache_dir=tmp_path / "c", split="train", workers=1)
     res = P.prepare_dataset(cfg, show_progress=False)
     assert res.layout.kind == "folder" and res.counts["ok"] == 5 and res.index["settings"]["split"] == "all"
     assert any("no partition" in n for n in res.notes) and "attributes_missing" not in res.counts
     nopart = tmp_path / "np"
     (nopart / "img_align_celeba").mkdir(parents=True)
-    (nopart / "img_align_celeba" / PICK[0]).symlink_to(IMAGES / PICK[0])
+    (nopart / "img_align_celeba" / pick[0]).symlink_to(celeba.images / pick[0])
     with pytest.raises(DdpmkitError, match="list_eval_partition.txt"):
         P.prepare_dataset(DataConfig(dataset="celeba", root=nopart, cache_dir=tmp_path / "c"), show_progress=False)
 
 
-def test_kaggle_layout_prepare(tmp_path):
-    from test_data_celeba import make_kaggle
-
-    root = make_kaggle(tmp_path / "k", PICK[100:200])
+def test_kaggle_layout_prepare(tmp_path, celeba, pick):
+    root = make_kaggle(tmp_path / "k", celeba, pick[100:200])
     cfg = DataConfig(dataset="celeba", root=root, cache_dir=tmp_path / "c", split="all", workers=1)
     res = P.prepare_dataset(cfg, show_progress=False)
-    assert res.layout.kind == "kaggle" and res.counts["ok"] == 100 and res.index["files"] == PICK[100:200]
-    assert res.counts["attributes_missing"] == sum(n > "020000.jpg" for n in PICK[100:200])
+    assert res.layout.kind == "kaggle" and res.counts["ok"] == 100 and res.index["files"] == pick[100:200]
+    assert res.counts["attributes_missing"] == sum(n > "020000.jpg" for n in pick[100:200])
     assert res.counts["attributes_declared"] is None
 
 
@@ -183,11 +180,11 @@ def _app() -> typer.Typer:
     return app
 
 
-def test_cli_prepare_prints_layout_counts_and_table(root, tmp_path):
+def test_cli_prepare_prints_layout_counts_and_table(root, tmp_path, pick, part):
     args = ["prepare", "--data-root", str(root), "--cache-dir", str(tmp_path), "--size", "32", "--split", "val", "--workers", "1"]
     r = CliRunner().invoke(_app(), args)
     assert r.exit_code == 0, r.output
-    n_val = sum(PART[n] == 1 for n in PICK)
+    n_val = sum(part[n] == 1 for n in pick)
     assert "official" in r.output and f"{n_val} ok, 0 skipped" in r.output and "without attributes" in r.output
     assert "prepared dataset" in r.output and str(tmp_path) in r.output.replace("\n", "")
     r2 = CliRunner().invoke(_app(), args)
@@ -201,15 +198,15 @@ def test_cli_missing_root_and_env(tmp_path, monkeypatch):
     assert "nowhere" in r.output and "jessicali9530/celeba-dataset" in r.output and "CelebA.html" in r.output
 
 
-def test_describe_preview_and_load_training_images(built, tmp_path):
+def test_describe_preview_and_load_training_images(built, tmp_path, pick):
     cfg, res = built
     info = C.describe_cache(res.path)
-    assert info["images"] == len(PICK) and info["per_split"]["val"] == res.counts["per_split"]["val"]
-    assert info["settings"]["crop"] == "ddim" and info["bytes"] > len(PICK) * 3 * 64 * 64
+    assert info["images"] == len(pick) and info["per_split"]["val"] == res.counts["per_split"]["val"]
+    assert info["settings"]["crop"] == "ddim" and info["bytes"] > len(pick) * 3 * 64 * 64
     png = preview_grid(C.open_images(res.path), tmp_path / "grid.png", n=16)
     assert Image.open(png).size == (8 * 66 + 2, 2 * 66 + 2)
     images, meta = load_training_images(cfg)
-    assert isinstance(images, np.memmap) and images.shape == (len(PICK), 3, 64, 64)
-    assert meta["cache"] == str(res.path) and meta["counts"]["ok"] == len(PICK)
+    assert isinstance(images, np.memmap) and images.shape == (len(pick), 3, 64, 64)
+    assert meta["cache"] == str(res.path) and meta["counts"]["ok"] == len(pick)
     with pytest.raises(DdpmkitError, match="not a complete"):
         C.describe_cache(tmp_path)

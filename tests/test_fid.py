@@ -1,8 +1,11 @@
-"""FID: offline Inception weights, agreement with pytorch-fid, sanity on real CelebA, the stats cache, the CLI.
+"""FID and KID: finding the Inception weights, agreement with pytorch-fid, sanity on real CelebA, the
+stats cache, the CLI.
 
 The Inception forward pass costs ~0.1 s per image on 2 CPU cores, so the image sets are small
-(≤ 80 each) and every set's features are computed once per module. Real images come from
-../shared/celeba; they are cropped into a temporary folder, never into the repository.
+(≤ 80 each) and every set's features are computed once per module. The network's weights come
+through $DDPMKIT_FID_WEIGHTS (conftest; tests marked fid_weights); real images from ../shared/celeba
+(marked shared_celeba), cropped into a temporary folder, never into the repository. Where any
+face will do, the generated faces stand in.
 """
 
 from __future__ import annotations
@@ -10,13 +13,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from urllib.error import URLError
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pytorch_fid.inception import FID_WEIGHTS_URL
 from typer.testing import CliRunner
 
+from celeba_files import make_official
+from conftest import CELEBA, FID_WEIGHTS
+from ddpmkit.data.synthetic import make_faces
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.fid import (
     FidExtractor,
@@ -25,19 +33,19 @@ from ddpmkit.fid import (
     cached_stats,
     folder_source,
     frechet_distance,
+    kernel_inception_distance,
     resolve_weights,
 )
-from ddpmkit.fid.weights import PYTORCH_FID_URL, WEIGHTS_NAME
+from ddpmkit.fid import weights as W
+from ddpmkit.fid.kid import SCALE
 from ddpmkit.settings import FID_WEIGHTS_ENV
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:Matrix is singular")
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-CELEBA = SHARED / "celeba"
-WEIGHTS = SHARED / "fid" / WEIGHTS_NAME
 N_REAL = 80  # per split
 N_CMP = 40  # images per folder in the pytorch-fid comparison
 N_NOISE = 40
+N_FACES = 16
 
 
 def _celeba_names(split_code: int, n: int) -> list[str]:
@@ -66,78 +74,124 @@ def _write_crops(names: list[str], folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
+    """Uniform noise and generated faces, 64 px PNGs."""
     root = tmp_path_factory.mktemp("fid_images")
-    train, val = _celeba_names(0, N_REAL), _celeba_names(1, N_REAL)
     rng = np.random.default_rng(0)
-    noise = root / "noise"
+    noise, faces = root / "noise", root / "faces"
     noise.mkdir()
+    faces.mkdir()
     for i in range(N_NOISE):
         Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(noise / f"{i:03d}.png")
+    for i, face in enumerate(make_faces(N_FACES, 64, seed=1)):
+        Image.fromarray(face.permute(1, 2, 0).numpy()).save(faces / f"{i:03d}.png")
+    return {"noise": noise, "faces": faces}
+
+
+@pytest.fixture(scope="module")
+def celeba_folders(tmp_path_factory) -> dict[str, Path]:
+    """Real CelebA crops: train and val, and their first N_CMP."""
+    root = tmp_path_factory.mktemp("fid_celeba")
+    train, val = _celeba_names(0, N_REAL), _celeba_names(1, N_REAL)
     return {
         "train": _write_crops(train, root / "train"),
         "val": _write_crops(val, root / "val"),
         "train_cmp": _write_crops(train[:N_CMP], root / "train_cmp"),
         "val_cmp": _write_crops(val[:N_CMP], root / "val_cmp"),
-        "noise": noise,
     }
 
 
 @pytest.fixture(scope="module")
 def extractor() -> FidExtractor:
-    return FidExtractor(WEIGHTS, "cpu", batch_size=40)
+    return FidExtractor(FID_WEIGHTS, "cpu", batch_size=40)
 
 
 @pytest.fixture(scope="module")
 def feats(folders, extractor) -> dict[str, np.ndarray]:
-    """Pool3 features of every set, through our folder reader: computed once."""
-    return {k: extractor.features(folder_source(folders[k]).read(40)) for k in ("train", "val", "noise")}
+    """Pool3 features of the noise and the faces, through our folder reader: computed once."""
+    return {k: extractor.features(folder_source(folders[k]).read(40)) for k in ("noise", "faces")}
+
+
+@pytest.fixture(scope="module")
+def celeba_feats(celeba_folders, extractor) -> dict[str, np.ndarray]:
+    return {k: extractor.features(folder_source(celeba_folders[k]).read(40)) for k in ("train", "val")}
 
 
 def _offline_pytorch_fid(monkeypatch) -> None:
     """Let pytorch-fid build its own network, with the weights from our file instead of a download."""
     import pytorch_fid.inception as pfi
 
-    monkeypatch.setattr(pfi, "load_state_dict_from_url", lambda *a, **k: torch.load(WEIGHTS, weights_only=True))
+    monkeypatch.setattr(pfi, "load_state_dict_from_url", lambda *a, **k: torch.load(FID_WEIGHTS, weights_only=True))
 
 
 # ----------------------------------------------------------------------------- weights
 
 
-def test_missing_weights_file_names_the_setting(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+@pytest.fixture
+def no_weights(tmp_path, monkeypatch) -> Path:
+    """Nothing set, an empty torch hub folder: returns where pytorch-fid's file would be."""
+    monkeypatch.delenv(FID_WEIGHTS_ENV, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    hub = tmp_path / "torch" / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
+    assert W.hub_weights_path() == hub
+    return hub
+
+
+def test_missing_weights_file_names_the_setting(tmp_path, no_weights, monkeypatch):
     with pytest.raises(DdpmkitError) as e:
-        resolve_weights(tmp_path / "nope.pth")  # set but wrong: reported, not replaced by $DDPMKIT_FID_WEIGHTS
+        resolve_weights(tmp_path / "nope.pth")  # set but wrong: reported, not replaced by another file
     msg = str(e.value)
     assert "fid.weights" in msg and FID_WEIGHTS_ENV in msg and "nope.pth" in msg and "\n" not in msg
-    assert str(tmp_path / "xdg" / "ddpmkit") in msg and PYTORCH_FID_URL in msg  # every place, and where to get it
-    # the default search: the environment variable comes before the user cache
+    assert str(no_weights) in msg and FID_WEIGHTS_URL in msg  # the three ways
+    # the environment variable decides before the hub cache, even when a file is there
+    no_weights.parent.mkdir(parents=True)
+    no_weights.write_bytes(b"weights")
     monkeypatch.setenv(FID_WEIGHTS_ENV, str(tmp_path / "env.pth"))
     with pytest.raises(DdpmkitError, match="env.pth"):
         FidExtractor(None)
 
 
+@pytest.mark.fid_weights
 def test_default_weights_found_through_environment():
-    """conftest points $DDPMKIT_FID_WEIGHTS at ../shared for the session; product code knows no such path."""
-    assert os.environ[FID_WEIGHTS_ENV] == str(WEIGHTS)
-    assert resolve_weights(None) == WEIGHTS
+    """conftest points $DDPMKIT_FID_WEIGHTS at the tests' file; product code knows no ../shared."""
+    assert os.environ[FID_WEIGHTS_ENV] == str(FID_WEIGHTS)
+    assert resolve_weights(None) == FID_WEIGHTS
 
 
-def test_weights_found_in_the_user_cache(tmp_path, monkeypatch):
-    monkeypatch.delenv(FID_WEIGHTS_ENV)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    with pytest.raises(DdpmkitError) as e:
-        resolve_weights(None)
-    assert str(tmp_path / "ddpmkit" / WEIGHTS_NAME) in str(e.value) and "\n" not in str(e.value)
-    (tmp_path / "ddpmkit").mkdir()
-    # pytorch-fid's own download, under its own name, is taken too
-    (tmp_path / "ddpmkit" / Path(PYTORCH_FID_URL).name).symlink_to(WEIGHTS)
-    assert resolve_weights(None) == tmp_path / "ddpmkit" / Path(PYTORCH_FID_URL).name
-    (tmp_path / "ddpmkit" / WEIGHTS_NAME).symlink_to(WEIGHTS)
-    assert resolve_weights(None) == tmp_path / "ddpmkit" / WEIGHTS_NAME
-    monkeypatch.delenv("XDG_CACHE_HOME")
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    with pytest.raises(DdpmkitError, match=str(tmp_path / "home" / ".cache" / "ddpmkit")):
-        resolve_weights(None)
+def test_weights_found_in_torch_hub_cache(no_weights, monkeypatch):
+    """pytorch-fid's own file where pytorch-fid keeps it: taken, nothing downloaded."""
+    no_weights.parent.mkdir(parents=True)
+    no_weights.write_bytes(b"weights")
+    monkeypatch.setattr(W, "download_url_to_file", lambda *a, **k: pytest.fail("downloaded although present"))
+    assert resolve_weights(None) == no_weights
+
+
+def test_weights_downloaded_into_torch_hub_cache_when_online(no_weights, monkeypatch):
+    calls, said = [], []
+
+    def download(url, dst, hash_prefix=None, progress=True):
+        calls.append((url, dst, hash_prefix, progress))
+        Path(dst).write_bytes(b"weights")
+
+    monkeypatch.setattr(W, "download_url_to_file", download)
+    assert resolve_weights(None, log=said.append) == no_weights
+    assert calls == [(FID_WEIGHTS_URL, str(no_weights), "6726825d", True)]  # pytorch-fid's file, checked, a bar
+    assert len(said) == 1 and FID_WEIGHTS_URL in said[0] and str(no_weights) in said[0]
+    assert resolve_weights(None, log=said.append) == no_weights and len(calls) == 1  # found the next time
+
+
+def test_offline_with_no_weights_is_one_line_naming_the_three_ways(no_weights, monkeypatch):
+    for failure in (URLError("[Errno -3] Temporary failure in name resolution"),
+                    RuntimeError("invalid hash value (expected \"6726825d\", got \"0000\")")):
+        def download(*args, failure=failure, **kwargs):
+            raise failure
+
+        monkeypatch.setattr(W, "download_url_to_file", download)
+        with pytest.raises(DdpmkitError) as e:
+            resolve_weights(None, log=lambda line: None)
+        msg = str(e.value)
+        assert "\n" not in msg and ("name resolution" in msg or "invalid hash" in msg)
+        assert FID_WEIGHTS_ENV in msg and str(no_weights) in msg and FID_WEIGHTS_URL in msg
+        assert not no_weights.exists()
 
 
 def test_wrong_weights_file_is_rejected(tmp_path):
@@ -151,7 +205,9 @@ def test_wrong_weights_file_is_rejected(tmp_path):
 
 
 @pytest.mark.slow
-def test_matches_pytorch_fid_on_the_same_png_files(folders, feats, monkeypatch):
+@pytest.mark.fid_weights
+@pytest.mark.shared_celeba
+def test_matches_pytorch_fid_on_the_same_png_files(celeba_folders, celeba_feats, monkeypatch):
     """Our uint8 pipeline vs pytorch-fid's own (PIL -> ToTensor -> its InceptionV3), same files.
 
     With 40 < 2048 images Σ is singular; both use pytorch-fid's formula with its ε fallback.
@@ -160,26 +216,36 @@ def test_matches_pytorch_fid_on_the_same_png_files(folders, feats, monkeypatch):
 
     _offline_pytorch_fid(monkeypatch)
     theirs = calculate_fid_given_paths(
-        [str(folders["train_cmp"]), str(folders["val_cmp"])], batch_size=20, device="cpu", dims=2048, num_workers=0
+        [str(celeba_folders["train_cmp"]), str(celeba_folders["val_cmp"])], batch_size=20, device="cpu", dims=2048,
+        num_workers=0,
     )
     ours = frechet_distance(
-        FidStats.from_features(feats["train"][:N_CMP]), FidStats.from_features(feats["val"][:N_CMP])
+        FidStats.from_features(celeba_feats["train"][:N_CMP]), FidStats.from_features(celeba_feats["val"][:N_CMP])
     )
     assert theirs > 1.0  # a real distance, not a degenerate zero
     assert abs(ours - theirs) / theirs < 1e-3, (ours, theirs)
 
 
 @pytest.mark.slow
-def test_real_celeba_train_vs_val_is_small_noise_is_large(feats):
-    train, val, noise = (FidStats.from_features(feats[k]) for k in ("train", "val", "noise"))
-    self_fid = frechet_distance(val, val)
-    real = frechet_distance(train, val)
-    fake = frechet_distance(noise, val)
+@pytest.mark.fid_weights
+@pytest.mark.shared_celeba
+def test_real_celeba_train_vs_val_is_small_noise_is_large(celeba_feats, feats):
+    train, val = celeba_feats["train"], celeba_feats["val"]
+    noise = feats["noise"]
+    self_fid = frechet_distance(FidStats.from_features(val), FidStats.from_features(val))
+    real = frechet_distance(FidStats.from_features(train), FidStats.from_features(val))
+    fake = frechet_distance(FidStats.from_features(noise), FidStats.from_features(val))
     assert abs(self_fid) < 1e-3
     assert 0 < real < 0.4 * fake, (real, fake)
     assert fake > 200  # noise is nothing like a face
+    # KID: two halves of one real split are near 0 (unbiased, even at 40 images), noise is far
+    halves = kernel_inception_distance(train[:40], train[40:])
+    real_kid = kernel_inception_distance(train, val)
+    fake_kid = kernel_inception_distance(noise, val)
+    assert abs(halves.mean) < 0.05 * fake_kid.mean and real_kid.mean < 0.2 * fake_kid.mean, (halves, real_kid, fake_kid)
 
 
+@pytest.mark.fid_weights
 def test_network_is_pytorch_fids_inception_v3(monkeypatch):
     """Our module, built without patching anything, gives pytorch-fid InceptionV3's pool3 features."""
     import pytorch_fid.inception as pfi
@@ -191,11 +257,12 @@ def test_network_is_pytorch_fids_inception_v3(monkeypatch):
     x = torch.rand(2, 3, 37, 50, generator=torch.Generator().manual_seed(0))  # not 299, not square: resized
     with torch.no_grad():
         theirs = theirs_net(x)[0].flatten(1)
-        ours = load_inception(WEIGHTS)(x)
+        ours = load_inception(FID_WEIGHTS)(x)
     assert ours.shape == (2, 2048) and theirs.abs().max() > 0.1
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
 
 
+@pytest.mark.fid_weights
 def test_features_do_not_depend_on_batching(folders, extractor, feats):
     """Same images, other batch size: same features (eval-mode network, per-image resize)."""
     again = extractor.features(folder_source(folders["noise"], n=6).read(4))
@@ -259,18 +326,22 @@ def test_stats_cache_is_reused_and_invalidated(tmp_path):
 # ----------------------------------------------------------------------------- monitor and CLI
 
 
+@pytest.mark.fid_weights
 def test_fid_monitor_against_stats(folders, extractor, feats, tmp_path):
     ref = FidStats.from_features(feats["noise"])
     monitor = FidMonitor(ref, extractor, n=N_NOISE)
     fid = monitor(folder_source(folders["noise"]).read(16))
     assert abs(fid) < 1e-3
+    same_kid = monitor.last_kid  # the reference's own images: the unbiased estimate is at most ~0
+    assert same_kid is not None and same_kid.subset_size == N_NOISE and same_kid.mean < 1e-3
     # built from a source: its statistics are computed once and stored under stats_dir
     source = folder_source(folders["noise"], n=8)
     built = FidMonitor.for_reference(source, extractor, n=8, stats_dir=tmp_path / "stats")
     assert built.reference.count == 8 and len(list((tmp_path / "stats").glob("*.npz"))) == 1
     np.testing.assert_allclose(built.reference.mu, feats["noise"][:8].mean(axis=0), rtol=1e-6, atol=1e-6)
     assert built(folder_source(folders["noise"], n=8).read(8)) == pytest.approx(0, abs=1e-3)
-    assert built(folder_source(folders["train"], n=8).read(8)) > 50
+    assert built(folder_source(folders["faces"], n=8).read(8)) > 50
+    assert built.last_kid.mean > 100 * max(same_kid.mean, 1e-4)  # faces against noise
 
 
 def _cli():
@@ -284,23 +355,30 @@ def _cli():
 
 
 @pytest.mark.slow
+@pytest.mark.fid_weights
 def test_cli_folder_against_cached_reference(folders, feats, tmp_path):
     runner = CliRunner()
     cache_dir = tmp_path / "cache"
     out = tmp_path / "fid.json"
     args = [
-        str(folders["noise"]), str(folders["val_cmp"]), "--n", "20", "--device", "cpu", "--batch-size", "40",
-        "--set", f"fid.weights={WEIGHTS}", "--set", f"data.cache_dir={cache_dir}", "--out-json", str(out),
+        str(folders["noise"]), str(folders["faces"]), "--n", "20", "--device", "cpu", "--batch-size", "40",
+        "--set", f"fid.weights={FID_WEIGHTS}", "--set", f"data.cache_dir={cache_dir}", "--out-json", str(out),
     ]
     r = runner.invoke(_cli(), args)
     assert r.exit_code == 0, r.output
     result = json.loads(out.read_text())
-    assert result["n"] == 20 and result["reference_n"] == N_CMP and result["fid"] > 200
+    assert result["n"] == 20 and result["reference_n"] == N_FACES and result["fid"] > 200
     assert result["reference"]["kind"] == "folder" and result["reference"]["reused"] is False
     assert "FID" in r.output and "time_s" in result
     # the stats of the folder against the same folder's statistics, straight from our features
-    expected = frechet_distance(FidStats.from_features(feats["noise"][:20]), FidStats.from_features(feats["val"][:N_CMP]))
+    expected = frechet_distance(FidStats.from_features(feats["noise"][:20]), FidStats.from_features(feats["faces"]))
     assert result["fid"] == pytest.approx(expected, rel=1e-4)
+    # KID x10³ beside it, as printed, from the same (float16) features: subsets of min(1000, 20, 16)
+    kid = kernel_inception_distance(feats["noise"][:20].astype(np.float16), feats["faces"].astype(np.float16))
+    assert result["kid"]["subset_size"] == N_FACES and result["kid"]["subsets"] == 100
+    assert result["kid"]["mean_x1e3"] == pytest.approx(SCALE * kid.mean, abs=1e-3) and kid.mean > 0
+    assert result["kid"]["std_x1e3"] == pytest.approx(SCALE * kid.std, abs=1e-3)
+    assert f"{SCALE * kid.mean:.2f} ± {SCALE * kid.std:.2f}" in r.output
 
     # an existing --out-json is kept unless --force; the reference statistics come from the cache
     r = runner.invoke(_cli(), args)
@@ -309,14 +387,17 @@ def test_cli_folder_against_cached_reference(folders, feats, tmp_path):
     assert r.exit_code == 0, r.output
     again = json.loads(out.read_text())
     assert again["reference"]["reused"] is True
-    assert again["fid"] == pytest.approx(result["fid"], rel=1e-9)
+    assert again["fid"] == pytest.approx(result["fid"], rel=1e-9) and again["kid"] == result["kid"]
 
-    # a .npz reference works as well
+    # a .npz reference works as well: FID only, KID needs the images' features
     stats = Path(again["reference"]["stats_cache"])
-    r = runner.invoke(_cli(), [str(stats), str(stats), "--set", f"fid.weights={WEIGHTS}", "--device", "cpu"])
+    r = runner.invoke(_cli(), [str(stats), str(stats), "--set", f"fid.weights={FID_WEIGHTS}", "--device", "cpu",
+                               "--out-json", str(tmp_path / "npz.json")])
     assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "npz.json").read_text())["kid"] is None and "n/a" in r.output
 
 
+@pytest.mark.fid_weights
 def test_cli_checkpoint_of_the_demo_data_against_generated_faces(tmp_path):
     """`ddpmkit fid RUN` after the demo: with no REFERENCE, the generated faces it learned."""
     from conftest import tiny
@@ -326,7 +407,7 @@ def test_cli_checkpoint_of_the_demo_data_against_generated_faces(tmp_path):
     out = tmp_path / "fid.json"
     args = [
         str(tmp_path / "run"), "--n", "6", "--steps", "2", "--sampler", "ddim", "--device", "cpu",
-        "--set", f"fid.weights={WEIGHTS}", "--set", "fid.ref_n=8", "--set", f"data.cache_dir={tmp_path / 'cache'}",
+        "--set", f"fid.weights={FID_WEIGHTS}", "--set", "fid.ref_n=8", "--set", f"data.cache_dir={tmp_path / 'cache'}",
         "--out-json", str(out),
     ]
     r = CliRunner().invoke(_cli(), args)
@@ -334,7 +415,8 @@ def test_cli_checkpoint_of_the_demo_data_against_generated_faces(tmp_path):
     result = json.loads(out.read_text())
     assert result["reference"]["kind"] == "synthetic" and result["reference_n"] == 8
     assert result["n"] == 6 and result["sampler"] == "ddim" and result["steps"] == 2 and result["checkpoint_step"] == 1
-    assert result["fid"] > 0  # one step of training: far from the faces
+    assert result["fid"] > 0 and result["kid"]["mean_x1e3"] > 0  # one step of training: far from the faces
+    assert result["kid"]["subset_size"] == 6
     r = CliRunner().invoke(_cli(), args + ["--force"])
     assert r.exit_code == 0 and json.loads(out.read_text())["reference"]["reused"] is True
 
@@ -349,7 +431,7 @@ def test_cli_bad_source_names_it(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     r = CliRunner().invoke(
-        _cli(), [str(tmp_path / "x.npz"), str(empty), "--set", f"fid.weights={WEIGHTS}", "--device", "cpu"]
+        _cli(), [str(tmp_path / "x.npz"), str(empty), "--set", f"fid.weights={FID_WEIGHTS}", "--device", "cpu"]
     )
     assert r.exit_code == 2 and "x.npz" in r.output
 
@@ -391,7 +473,7 @@ def _png_folder(folder: Path, seed: int) -> Path:
     return folder
 
 
-def test_reference_is_the_cache_of_the_training_data_not_another_of_equal_pixels(tmp_path):
+def test_reference_is_the_cache_of_the_training_data_not_another_of_equal_pixels(tmp_path, generated_celeba):
     """Three caches of equal size, crop and split (two PNG folders, a few CelebA JPEGs): the FID
     reference of each dataset is its own cache, never another dataset's (a model trained on a
     folder used to be compared with a CelebA cache of the same size and crop)."""
@@ -399,11 +481,7 @@ def test_reference_is_the_cache_of_the_training_data_not_another_of_equal_pixels
     from ddpmkit.fid import default_reference, find_prepared_cache
     from ddpmkit.settings import DataConfig
 
-    celeba = tmp_path / "celeba"
-    (celeba / "img_align_celeba").mkdir(parents=True)
-    for name in _celeba_names(0, 8):
-        (celeba / "img_align_celeba" / name).symlink_to(CELEBA / "img_align_celeba" / name)
-    (celeba / "list_eval_partition.txt").symlink_to(CELEBA / "list_eval_partition.txt")
+    celeba = make_official(tmp_path / "celeba", generated_celeba, generated_celeba.names[:8])
     common = {"cache_dir": tmp_path / "cache", "size": 16, "crop": "ddim", "split": "all", "workers": 1}
     cfgs = {
         "celeba": DataConfig(dataset="celeba", root=celeba, **common),

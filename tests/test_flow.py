@@ -1,5 +1,5 @@
-"""The user's flow: prepare, train, sample, noise-demo as one story on real CelebA images (from
-../shared, at 16 px), and the pieces that make it one: the preset rule, the plan line and ETA,
+"""The user's flow: prepare, train, sample, noise-demo as one story on CelebA images (the generated
+release, and the real images of ../shared, at 16 px), and the pieces that make it one: the preset rule, the plan line and ETA,
 progress when piped, validated and streaming sampling, the report at every checkpoint,
 TensorBoard as an extra, and checkpoints trimmed to their EMA."""
 
@@ -23,10 +23,10 @@ from ddpmkit.train.plan import choose_preset, fit_to_size, preset_for
 from ddpmkit.train.progress import Plan, StepClock, TrainProgress
 from ddpmkit.train.rundir import TENSORBOARD_MISSING
 
-from conftest import SHARED, tiny
+from celeba_files import CelebaFiles
+from conftest import tiny
 
 runner = CliRunner()
-CELEBA = SHARED / "celeba"
 N_FACES = 48
 # a model small enough for seconds on a CPU, given with --set on top of whatever preset train picks
 TINY_SETS = ["model.ch=16", "model.ch_mult=[1,2]", "model.num_res_blocks=1", "model.num_groups=8",
@@ -42,13 +42,13 @@ def sets(*assignments: str) -> list[str]:
     return [x for a in assignments for x in ("--set", a)]
 
 
-def celeba_sample(root: Path, n: int = N_FACES) -> Path:
-    """data/celeba in the official layout: symlinks to the first n CelebA images, all in the train split."""
+def celeba_sample(src: CelebaFiles, root: Path, n: int = N_FACES) -> Path:
+    """data/celeba in the official layout: symlinks to the first n images of src, all in the train split."""
     images = root / "img_align_celeba"
     images.mkdir(parents=True)
-    names = sorted(p.name for p in (CELEBA / "img_align_celeba").glob("*.jpg"))[:n]
+    names = src.names[:n]
     for name in names:
-        (images / name).symlink_to(CELEBA / "img_align_celeba" / name)
+        (images / name).symlink_to(src.images / name)
     (root / "list_eval_partition.txt").write_text("".join(f"{name} 0\n" for name in names))
     return root
 
@@ -63,8 +63,8 @@ def tiny_run(tmp_path) -> Path:
 # ------------------------------------------------------------------ the story
 
 
-def test_prepare_train_sample_noise_demo_as_one_story(tmp_path, monkeypatch):
-    celeba_sample(tmp_path / "data" / "celeba")
+def test_prepare_train_sample_noise_demo_as_one_story(tmp_path, monkeypatch, celeba):
+    celeba_sample(celeba, tmp_path / "data" / "celeba")
     image = tmp_path / "image.jpg"
     image.write_bytes(next((tmp_path / "data" / "celeba" / "img_align_celeba").iterdir()).read_bytes())
     monkeypatch.chdir(tmp_path)
@@ -126,11 +126,11 @@ def test_a_preset_at_another_size_keeps_its_attention():
     assert fit_to_size("celeba32", 32) == ({"data": {"size": 32}}, None)
 
 
-def test_without_celeba_the_demo_and_with_unprepared_celeba_the_size_for_the_machine(tmp_path):
+def test_without_celeba_the_demo_and_with_unprepared_celeba_the_size_for_the_machine(tmp_path, generated_celeba):
     nothing = DataConfig(root=tmp_path / "absent", cache_dir=tmp_path / "cache")
     choice = choose_preset(nothing, "cpu")
     assert choice.preset == "demo" and "no CelebA" in choice.why
-    raw = DataConfig(root=celeba_sample(tmp_path / "celeba", 4), cache_dir=tmp_path / "cache")
+    raw = DataConfig(root=celeba_sample(generated_celeba, tmp_path / "celeba", 4), cache_dir=tmp_path / "cache")
     cpu, gpu = choose_preset(raw, "cpu"), choose_preset(raw, "gpu")
     assert (cpu.preset, cpu.patch["data"]["size"]) == ("celeba32", 32) and "not prepared yet" in cpu.why
     assert (gpu.preset, gpu.patch["data"]["size"]) == ("celeba64", 64)
@@ -265,7 +265,7 @@ def test_tensorboard_without_the_package_says_so_once(tmp_path, monkeypatch):
     messages: list[str] = []
     s = tiny(tmp_path / "run", train={"max_steps": 2, "tensorboard": True, "sample_every": 1, "num_samples": 2})
     train(s, log=messages.append, progress=False)
-    assert messages.count(TENSORBOARD_MISSING) == 1 and "ddpmkit[tensorboard]" in TENSORBOARD_MISSING
+    assert messages.count(TENSORBOARD_MISSING) == 1 and "pip install -e '.[tensorboard]'" in TENSORBOARD_MISSING
     assert not (tmp_path / "run" / "tb").exists()
 
 

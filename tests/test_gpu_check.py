@@ -19,12 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, SHARED
+from conftest import FID_WEIGHTS, REPO, SHARED
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import gpu_common  # noqa: E402  (benchmarks/ is no package)
 
-WEIGHTS = SHARED / "fid" / gpu_common.WEIGHTS_NAME
 DRY_RUN_STAGES = ["bundle", "wheels", "device", "weights", "pytest", "bench_eager", "pack", "train", "sample", "fid"]
 
 
@@ -32,7 +31,7 @@ def _env(root: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("OUT", "DDPMKIT_GPU_CHECK_STAGES", "DDPMKIT_GPU_CHECK_TESTS")}
     env.update(
         PYTHON=sys.executable, DDPMKIT_GPU_CHECK_TINY="1", DDPMKIT_DATA_ROOT=str(SHARED / "celeba"),
-        DDPMKIT_FID_WEIGHTS=str(WEIGHTS), DDPMKIT_GPU_BUNDLE=str(root / "bundle"),
+        DDPMKIT_FID_WEIGHTS=str(FID_WEIGHTS), DDPMKIT_GPU_BUNDLE=str(root / "bundle"),
         DDPMKIT_FID_STAGING=str(root / "staging"), DDPMKIT_GPU_CHECK_WORK=str(root / "work"), OUT=str(root / "out"),
     )
     env.update(extra)
@@ -63,6 +62,8 @@ def dry_run(tmp_path_factory):
         shutil.rmtree(root / big, ignore_errors=True)
 
 
+@pytest.mark.shared_celeba
+@pytest.mark.fid_weights
 def test_the_dry_run_passes_every_stage_and_reports_it(dry_run):
     root, bundle, check = dry_run
     out = root / "out"
@@ -94,6 +95,8 @@ def test_the_dry_run_passes_every_stage_and_reports_it(dry_run):
     assert (out / "gpu_check.log").is_file()
 
 
+@pytest.mark.shared_celeba
+@pytest.mark.fid_weights
 def test_a_missing_reference_file_fails_loudly(dry_run):
     root, _, _ = dry_run
     broken = root / "broken"
@@ -107,6 +110,8 @@ def test_a_missing_reference_file_fails_loudly(dry_run):
     assert "[gpu_check] fid: FAIL" in r.stdout and "FAIL: bundle, fid" in r.stdout
 
 
+@pytest.mark.shared_celeba
+@pytest.mark.fid_weights
 def test_no_tests_marked_cuda_is_a_failure_not_a_pass(dry_run, tmp_path):
     root, _, _ = dry_run
     (tmp_path / "test_plain.py").write_text("def test_plain():\n    assert True\n")

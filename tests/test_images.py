@@ -149,6 +149,42 @@ def test_save_gif_accepts_tensors(tmp_path: Path):
         save_gif([grids[0][0], singles[0]], tmp_path / "bad.gif")
 
 
+def test_save_gif_frames_are_exactly_the_palette_mapping(tmp_path: Path):
+    """Read back, every frame is its pixels mapped to the shared palette (nearest colour), and
+    frames of a few colours (a palette with repeated entries) keep them exactly."""
+    from ddpmkit.images import palette_indices, palette_lookup, shared_palette
+
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 256, (24, 20, 3), dtype=np.uint8) for _ in range(3)]
+    palette = shared_palette(frames)
+    lookup = palette_lookup(palette)
+    back = _gif_rgb_frames(save_gif([Image.fromarray(a) for a in frames], tmp_path / "n.gif"))
+    for a, b in zip(frames, back, strict=True):
+        assert np.array_equal(b, palette[palette_indices(a, lookup)])
+    flat = np.zeros((16, 16, 3), dtype=np.uint8)
+    flat[4:8] = (200, 30, 40)
+    flat[8:] = 255
+    two = flat.copy()
+    two[:4] = (10, 120, 250)
+    back = _gif_rgb_frames(save_gif([Image.fromarray(flat), Image.fromarray(two)], tmp_path / "f.gif", colors=16))
+    assert np.array_equal(back[0], flat) and np.array_equal(back[1], two)
+
+
+def test_save_gif_stores_only_what_changes(tmp_path: Path):
+    """30 frames that differ in one 8x8 patch cost far less than 30 frames of fresh noise."""
+    rng = np.random.default_rng(2)
+    base = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    frames = []
+    for k in range(30):
+        a = base.copy()
+        a[:8, :8] = rng.integers(0, 256, (8, 8, 3))
+        frames.append(Image.fromarray(a))
+    still = save_gif(frames, tmp_path / "still.gif").stat().st_size
+    moving = save_gif([Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)) for _ in range(30)],
+                      tmp_path / "moving.gif").stat().st_size
+    assert still < moving / 5, (still, moving)
+
+
 def test_load_image_missing(tmp_path: Path):
     path = tmp_path / "nope.jpg"
     with pytest.raises(DdpmkitError) as e:

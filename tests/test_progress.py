@@ -102,6 +102,7 @@ def test_off_prints_nothing():
     assert buf.getvalue() == ""
 
 
+@pytest.mark.fid_weights
 def test_fid_says_what_it_does_and_warns_about_few_images(tmp_path: Path):
     from ddpmkit.train import train
 
@@ -110,7 +111,7 @@ def test_fid_says_what_it_does_and_warns_about_few_images(tmp_path: Path):
     args = [
         "fid", str(tmp_path / "run"), "--n", "3", "--steps", "2", "--sampler", "ddim", "--device", "cpu",
         "--set", f"fid.weights={FID_WEIGHTS}", "--set", "fid.ref_n=4", "--set", f"data.cache_dir={tmp_path / 'cache'}",
-        "--out", str(out),
+        "--out-json", str(out),
     ]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output

@@ -7,6 +7,7 @@ skipped only outside CI when no Chromium is installed, and fails in CI (CI=true)
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import os
@@ -121,7 +122,10 @@ def _dress_up(run: Path, dest: Path) -> Path:
     shutil.copytree(run, dest)
     with open(dest / "log.jsonl", "a") as fh:
         for step, fid in ((2, 310.5), (6, 280.25)):
-            fh.write(json.dumps({"step": step, "fid": fid, "fid_n": 100, "fid_sampler": "dpmsolver++20"}) + "\n")
+            record = {"step": step, "fid": fid, "fid_n": 100, "fid_sampler": "dpmsolver++20"}
+            if step == 6:  # KID beside FID (a log written before KID has none)
+                record["kid"] = {"mean_x1e3": 41.25, "std_x1e3": 1.5, "subsets": 100, "subset_size": 100}
+            fh.write(json.dumps(record) + "\n")
         fh.write('{"step": 7, "loss": 0.1')  # a line cut by a crash
     frames = [Image.new("RGB", (20, 20), (40 * i, 0, 0)) for i in range(3)]
     frames[0].save(dest / "samples" / "denoise.gif", save_all=True, append_images=frames[1:], duration=80)
@@ -139,6 +143,9 @@ def test_report_shows_fid_gif_preview_and_survives_damage(run, tmp_path):
     assert decode_image(dict((a, s) for s, a in page.images)["Data"]).size == (36, 36)
     fid = section_text(text, "fid")
     assert "310.50" in fid and "280.25" in fid and "FID over steps" in fid and "2,048" in fid
+    shown = html.unescape(fid)
+    assert "KID x10³" in shown and "41.25 ± 1.50" in shown and "KID over steps" in shown
+    assert '<td class="num">2</td><td class="num">310.50</td><td class="num">—</td>' in shown  # no KID logged then
     plan = section_text(text, "plan")
     assert "skipped 1 unreadable line" in plan and "step_00000008.png" in plan
     assert len(re.findall(r"<figcaption>", section_text(text, "samples"))) == 3

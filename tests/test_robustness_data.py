@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from celeba_files import GENERATED_IDS
 from ddpmkit.data import cache as C
 from ddpmkit.data import prepare as P
 from ddpmkit.data.celeba import read_attributes, read_partition
@@ -24,17 +25,21 @@ from ddpmkit.errors import DdpmkitError
 from ddpmkit.settings import DataConfig
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "celeba"
-IMAGES = SHARED / "img_align_celeba"
-FIRST = sorted(p.name for p in IMAGES.glob("*.jpg"))[:6]
+FIRST = [f"{i:06d}.jpg" for i in GENERATED_IDS[:6]]  # of the generated CelebA (the `images` fixture)
 ODD_NAME = b"caf\xe9 \xff.jpg"  # Latin-1 bytes: not UTF-8
 
 
-def _official(root: Path, partition: str | bytes | None = None) -> Path:
+@pytest.fixture
+def images(generated_celeba) -> Path:
+    """The folder of the generated CelebA JPEGs, FIRST among them."""
+    return generated_celeba.images
+
+
+def _official(images: Path, root: Path, partition: str | bytes | None = None) -> Path:
     img = root / "img_align_celeba"
     img.mkdir(parents=True)
     for n in FIRST:
-        (img / n).symlink_to(IMAGES / n)
+        (img / n).symlink_to(images / n)
     text = partition if partition is not None else "".join(f"{n} {i % 3}\n" for i, n in enumerate(FIRST))
     path = root / "list_eval_partition.txt"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
@@ -54,8 +59,8 @@ def _report(res) -> dict[str, str]:
 # ---------------------------------------------------------------- odd entries
 
 
-def test_dangling_link_folder_and_fifo_named_like_images_are_reported(tmp_path):
-    root = _official(tmp_path / "r")
+def test_dangling_link_folder_and_fifo_named_like_images_are_reported(tmp_path, images):
+    root = _official(images, tmp_path / "r")
     img = root / "img_align_celeba"
     (img / "900001.jpg").symlink_to(tmp_path / "gone.jpg")
     (img / "900002.jpg").mkdir()
@@ -68,8 +73,8 @@ def test_dangling_link_folder_and_fifo_named_like_images_are_reported(tmp_path):
     assert report["900003.jpg"] == "not a regular file (a FIFO, socket or device)"
 
 
-def test_symlink_loop_is_reported_not_a_traceback(tmp_path):
-    root = _official(tmp_path / "r")
+def test_symlink_loop_is_reported_not_a_traceback(tmp_path, images):
+    root = _official(images, tmp_path / "r")
     img = root / "img_align_celeba"
     (img / "900001.jpg").symlink_to(img / "900002.jpg")
     (img / "900002.jpg").symlink_to(img / "900001.jpg")
@@ -78,11 +83,11 @@ def test_symlink_loop_is_reported_not_a_traceback(tmp_path):
     assert _report(res) == {"900001.jpg": "symbolic link loop", "900002.jpg": "symbolic link loop"}
 
 
-def test_plain_folder_descends_into_any_folder_and_reports_the_rest(tmp_path):
+def test_plain_folder_descends_into_any_folder_and_reports_the_rest(tmp_path, images):
     root = tmp_path / "faces"
     (root / "x.jpg").mkdir(parents=True)  # a folder, whatever its name: its images count
     for n in FIRST[:3]:
-        (root / "x.jpg" / n).symlink_to(IMAGES / n)
+        (root / "x.jpg" / n).symlink_to(images / n)
     (root / "loop.png").symlink_to(root / "loop.png")
     os.mkfifo(root / "pipe.jpg")
     res = _prepare(root, tmp_path / "c", dataset="folder")
@@ -92,21 +97,21 @@ def test_plain_folder_descends_into_any_folder_and_reports_the_rest(tmp_path):
 
 
 @pytest.mark.parametrize("dataset", ["celeba", "folder"])
-def test_non_utf8_file_names(tmp_path, dataset):
-    root = _official(tmp_path / "r") if dataset == "celeba" else tmp_path / "r"
+def test_non_utf8_file_names(tmp_path, dataset, images):
+    root = _official(images, tmp_path / "r") if dataset == "celeba" else tmp_path / "r"
     folder = root / "img_align_celeba" if dataset == "celeba" else root
     if dataset == "folder":
         folder.mkdir(parents=True)
-        (folder / FIRST[0]).symlink_to(IMAGES / FIRST[0])
-    os.symlink(bytes(IMAGES / FIRST[0]), os.path.join(bytes(folder), ODD_NAME))
+        (folder / FIRST[0]).symlink_to(images / FIRST[0])
+    os.symlink(bytes(images / FIRST[0]), os.path.join(bytes(folder), ODD_NAME))
     os.symlink(bytes(tmp_path / "gone"), os.path.join(bytes(folder), b"\xfe dangling.jpg"))
     res = _prepare(root, tmp_path / "c", dataset=dataset)  # before: UnicodeEncodeError
     name = os.fsdecode(ODD_NAME)
     assert name in res.index["files"] and res.counts["skipped"] == 1
     i = res.index["files"].index(name)
     first = res.index["files"].index(FIRST[0])
-    images = np.load(res.path / C.IMAGES, mmap_mode="r")
-    assert np.array_equal(images[i], images[first])  # the same picture under its odd name
+    pixels = np.load(res.path / C.IMAGES, mmap_mode="r")
+    assert np.array_equal(pixels[i], pixels[first])  # the same picture under its odd name
     report_bytes = (res.path / C.REPORT).read_bytes()
     assert b"\n\xfe dangling.jpg\tdangling symbolic link" in report_bytes  # the name's own bytes
     assert _prepare(root, tmp_path / "c", dataset=dataset).reused  # the fingerprint is stable
@@ -115,9 +120,9 @@ def test_non_utf8_file_names(tmp_path, dataset):
 # ---------------------------------------------------------------- partition and attribute files
 
 
-def test_partition_with_a_byte_order_mark_keeps_its_first_entry(tmp_path):
+def test_partition_with_a_byte_order_mark_keeps_its_first_entry(tmp_path, images):
     text = "\ufeff" + "".join(f"{n} 1\n" for n in FIRST)
-    root = _official(tmp_path / "r", text)
+    root = _official(images, tmp_path / "r", text)
     assert read_partition(root / "list_eval_partition.txt") == {n: 1 for n in FIRST}  # before: FIRST[0] lost
     res = _prepare(root, tmp_path / "c", split="val")
     assert res.index["files"] == FIRST
@@ -126,9 +131,9 @@ def test_partition_with_a_byte_order_mark_keeps_its_first_entry(tmp_path):
     assert read_partition(csv) == {n: 2 for n in FIRST}
 
 
-def test_partition_with_non_utf8_bytes_names_the_line(tmp_path):
+def test_partition_with_non_utf8_bytes_names_the_line(tmp_path, images):
     body = "".join(f"{n} 0\n" for n in FIRST).encode() + b"caf\xe9.jpg 0\n"
-    root = _official(tmp_path / "r", body)
+    root = _official(images, tmp_path / "r", body)
     path = root / "list_eval_partition.txt"
     with pytest.raises(DdpmkitError) as e:
         _prepare(root, tmp_path / "c", split="train")
@@ -139,9 +144,9 @@ def test_partition_with_non_utf8_bytes_names_the_line(tmp_path):
         read_partition(path)
 
 
-def test_partition_conflicting_duplicates_are_an_error_naming_the_lines(tmp_path):
+def test_partition_conflicting_duplicates_are_an_error_naming_the_lines(tmp_path, images):
     lines = [f"{n} 0" for n in FIRST] + [f"{FIRST[1]} 0", f"{FIRST[2]} 2"]  # one repeat, one conflict
-    root = _official(tmp_path / "r", "\n".join(lines) + "\n")
+    root = _official(images, tmp_path / "r", "\n".join(lines) + "\n")
     with pytest.raises(DdpmkitError) as e:
         _prepare(root, tmp_path / "c", split="train")  # before: the last line won silently
     assert str(e.value) == (f"partition file {root / 'list_eval_partition.txt'} line {len(FIRST) + 2} puts "
@@ -182,7 +187,7 @@ def _temporary(cache: Path, name: str, owner: dict | None, age_s: float = 0.0) -
     return tmp
 
 
-def test_leftovers_of_killed_prepares_are_removed_in_one_line(tmp_path):
+def test_leftovers_of_killed_prepares_are_removed_in_one_line(tmp_path, images):
     cache = tmp_path / "c"
     host = socket.gethostname()
     dead = _temporary(cache, "dead", {"pid": _dead_pid(), "host": host})
@@ -193,7 +198,7 @@ def test_leftovers_of_killed_prepares_are_removed_in_one_line(tmp_path):
     young = _temporary(cache, "young", None)  # one that is just starting
     foreign = _temporary(cache, "foreign", {"pid": 7, "host": "elsewhere-9"})
     out = io.StringIO()
-    res = _prepare(_official(tmp_path / "r"), cache, console=Console(file=out, width=400))
+    res = _prepare(_official(images, tmp_path / "r"), cache, console=Console(file=out, width=400))
     assert res.counts["ok"] == len(FIRST)
     assert not dead.exists() and not old.exists() and not reused.exists()  # before: kept forever
     assert live.exists() and young.exists() and foreign.exists()
@@ -203,8 +208,8 @@ def test_leftovers_of_killed_prepares_are_removed_in_one_line(tmp_path):
     assert not (res.path / P.OWNER).exists()  # the finished cache does not name a builder
 
 
-def test_a_really_killed_prepare_is_cleaned_up_by_the_next(tmp_path):
-    root = _official(tmp_path / "r")
+def test_a_really_killed_prepare_is_cleaned_up_by_the_next(tmp_path, images):
+    root = _official(images, tmp_path / "r")
     cache = tmp_path / "c"
     slow = textwrap.dedent(f"""
         import time

@@ -155,7 +155,8 @@ def test_state_file_with_pickled_code_is_refused(tmp_path):
         load_state(ckpt)
 
 
-def test_fid_during_training_is_logged_beside_the_loss(tmp_path):
+@pytest.mark.fid_weights
+def test_fid_and_kid_during_training_are_logged_beside_the_loss(tmp_path):
     s = tiny(
         tmp_path / "run",
         train={"max_steps": 2},
@@ -167,8 +168,13 @@ def test_fid_during_training_is_logged_beside_the_loss(tmp_path):
     fids = [r for r in records if "fid" in r]
     assert len(fids) == 1 and fids[0]["step"] == 2 and fids[0]["fid_n"] == 6
     assert fids[0]["fid"] > 0
-    # the reference statistics of the generated faces are cached for the next evaluation
+    # KID x10³ beside it, on subsets of min(1000, 6 samples, 8 references) = 6
+    kid = fids[0]["kid"]
+    assert set(kid) == {"mean_x1e3", "std_x1e3", "subsets", "subset_size"} and kid["subset_size"] == 6
+    assert kid["mean_x1e3"] > 0 and kid["subsets"] == 100
+    # the reference statistics of the generated faces, and their features, are cached for the next evaluation
     assert len(list((tmp_path / "cache" / "fid").glob("synthetic*.npz"))) == 1
+    assert len(list((tmp_path / "cache" / "fid").glob("features-synthetic*.npy"))) == 1
 
 
 def test_learning_rate_warms_up_then_stays_or_decays():

@@ -7,7 +7,8 @@ existing file may be overwritten is the caller's decision: these helpers just wr
 Grids are enlarged (nearest, by a whole factor) to a readable size by default: 16 faces of
 32 px tile to 138 px, a thumbnail on any screen. A GIF's frames share one palette (up to 255
 colours, no dithering), so unchanged pixels keep their index and Pillow stores them as
-transparent: only what changes costs bytes.
+transparent: only what changes costs bytes. GIFs are written by imageio's v3 API (its pillow
+plugin): frames of palette indices with the palette as Pillow's GIF `palette` option.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import math
 from pathlib import Path
 from typing import Sequence, Union
 
+import imageio.v3 as iio
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -170,13 +172,10 @@ def palette_lookup(palette: np.ndarray) -> np.ndarray:
     return _nearest(grid, palette).reshape(64, 64, 64)
 
 
-def palette_image(arr: np.ndarray, palette: np.ndarray, lookup: np.ndarray) -> Image.Image:
-    """(H, W, 3) uint8 -> a "P" image of `palette` colours, via `palette_lookup`'s table."""
+def palette_indices(arr: np.ndarray, lookup: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> (H, W) uint8 palette indices, via `palette_lookup`'s table."""
     cell = arr >> 2
-    index = lookup[cell[..., 0], cell[..., 1], cell[..., 2]]
-    img = Image.frombytes("P", (arr.shape[1], arr.shape[0]), np.ascontiguousarray(index).tobytes())
-    img.putpalette(palette.reshape(-1).tolist())
-    return img
+    return lookup[cell[..., 0], cell[..., 1], cell[..., 2]]
 
 
 def save_gif(
@@ -205,13 +204,14 @@ def save_gif(
         raise ValueError(f"colors must be 4..{GIF_COLORS}, got {colors}")
     palette = shared_palette(arrays, colors)
     lookup = palette_lookup(palette)
-    images = [palette_image(a, palette, lookup) for a in arrays]
+    indices = np.stack([palette_indices(a, lookup) for a in arrays])  # (N, H, W)
     # a per-frame duration list holds the last frame without writing it twice
-    durations = [int(duration_ms)] * (len(images) - 1) + [int(hold_last_ms)]
+    durations = [int(duration_ms)] * (len(arrays) - 1) + [int(hold_last_ms)]
     path = Path(path)
-    with atomic_path(path) as tmp:
-        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=durations,
-                       loop=loop, optimize=True, disposal=1)
+    with atomic_path(path) as tmp:  # the temporary name has no .gif suffix: name the format
+        # index frames are "L" images to Pillow; `palette` makes them one global palette of our colours
+        iio.imwrite(tmp, indices, plugin="pillow", extension=".gif", is_batch=True, palette=palette.tobytes(),
+                    duration=durations, loop=loop, optimize=True, disposal=1)
     return path
 
 

@@ -2,7 +2,9 @@
 
 Long work shows progress on stderr (`ddpmkit.progress`): sampling, then Inception features of the
 reference unless its statistics are cached. Fewer than 2,048 images give a warning: the FID of a
-small set is biased upwards, so it is comparable only with FIDs of as many images.
+small set is biased upwards, so it is comparable only with FIDs of as many images. KID (x10^3,
+mean ± std over subsets; `ddpmkit.fid.kid`) is printed beside it: it needs the images' features,
+so it is n/a when SOURCE or REFERENCE is a .npz of statistics.
 Beside the FID, a colour table (`ddpmkit.fid.colour`): per-channel mean/std and the share of
 values at 0 or 255 of SOURCE and REFERENCE, when they are images (not .npz statistics).
 """
@@ -140,6 +142,9 @@ def _table(result: dict[str, Any]) -> Table:
     table.add_column("field")
     table.add_column("value", overflow="fold")
     table.add_row("FID", f"{result['fid']:.4f}")
+    kid = result.get("kid")
+    table.add_row("KID (x10^3)", f"{kid['mean_x1e3']:.2f} ± {kid['std_x1e3']:.2f} ({kid['subsets']} subsets of "
+                  f"{kid['subset_size']:,})" if kid else "n/a: a .npz of statistics has no features")
     for key in ("n", "reference_n", "sampler", "steps", "x0", "seed", "checkpoint_step"):
         if result.get(key) is not None:
             table.add_row(key, str(result[key]))
@@ -189,7 +194,7 @@ def fid(
     preset: PresetOpt = None,
     sets: SetOpt = None,
 ) -> None:
-    """Fréchet Inception Distance (pytorch-fid's Inception-v3 pool3 features), offline.
+    """Fréchet Inception Distance and KID (pytorch-fid's Inception-v3 pool3 features).
 
     Examples:
       ddpmkit fid runs/demo --n 2048
@@ -206,7 +211,7 @@ def fid(
     asked = settings_with_options(config, preset, sets, options)
     # lazy, and after the checks above: torch loads for the work, not for --help or a typo
     from ddpmkit.device import resolve_device
-    from ddpmkit.fid import FidExtractor, frechet_distance
+    from ddpmkit.fid import FidExtractor, frechet_distance, kid_of
     from ddpmkit.fid.colour import compare
 
     dev = resolve_device(asked.train.device)
@@ -217,8 +222,10 @@ def fid(
     src_stats, src_desc, ref_settings, src_colour = _source_side(source, n, asked, ex, dev, stats_dir,
                                                                  (config, sets, sample_opts))
     ref_stats, ref_desc, ref_colour = _reference_side(reference, ref_settings, f, ex, stats_dir)
+    kid = kid_of(src_stats, ref_stats)  # None when a side is a .npz of statistics
     result: dict[str, Any] = {
         "fid": frechet_distance(src_stats, ref_stats),
+        "kid": kid.as_dict() if kid is not None else None,  # x10^3, as printed
         "n": src_stats.count,
         "reference_n": ref_stats.count,
         **{k: src_desc.get(k) for k in ("sampler", "steps", "seed", "checkpoint_step", "x0")},

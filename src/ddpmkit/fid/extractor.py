@@ -22,8 +22,8 @@ _MODELS: dict[tuple[str, str], torch.nn.Module] = {}
 class FidExtractor:
     """Pool3 features and their statistics for uint8 images.
 
-    weights: the Inception file (fid.weights; None = $DDPMKIT_FID_WEIGHTS, then the user cache,
-    see `weights.resolve_weights`); a missing file raises DdpmkitError at construction.
+    weights: the Inception file (fid.weights; None = $DDPMKIT_FID_WEIGHTS, then torch's hub cache,
+    then a download: see `weights.resolve_weights`); none found raises DdpmkitError at construction.
     """
 
     def __init__(

@@ -1,4 +1,5 @@
-"""Feature statistics (μ, Σ, count), the Fréchet distance, and the on-disk stats cache.
+"""Feature statistics (μ, Σ, count, and the features KID needs), the Fréchet distance, and the
+on-disk stats cache.
 
 FID = ||μ_1 - μ_2||² + Tr(Σ_1 + Σ_2 - 2 (Σ_1 Σ_2)^{1/2})   (Heusel et al. 2017).
 
@@ -7,6 +8,11 @@ pytorch-fid takes the trace term from scipy's general `sqrtm(Σ_1 Σ_2)`, which 
 Σ_1^{1/2} Σ_2 Σ_1^{1/2}, which is symmetric positive semi-definite, so
 Tr (Σ_1 Σ_2)^{1/2} = Σ_k √λ_k(Σ_1^{1/2} Σ_2 Σ_1^{1/2}) — two `eigh` calls, seconds, and well
 defined for the singular Σ of N < 2048 images. tests/test_fid.py checks it against pytorch-fid.
+
+The cache keeps, beside each statistics .npz, the features themselves as float16 .npy
+(`features-<name>.npy`, 4 KB an image; a .npy holds no pickle): KID (`kid.py`) needs them, not
+only μ and Σ. float16 moves a KID by far less than its spread over subsets (tests/test_kid.py),
+and features in memory are float16 too, so a cached reference gives the KID a fresh one gives.
 """
 
 from __future__ import annotations
@@ -24,24 +30,28 @@ from ddpmkit.errors import DdpmkitError
 from ddpmkit.io_utils import atomic_path
 
 STATS_FORMAT = 1
+FEATURES_DTYPE = np.float16
 
 
 @dataclass
 class FidStats:
-    """mu: (D,) float64; sigma: (D, D) float64; count: images used; meta: how they were made."""
+    """mu: (D,) float64; sigma: (D, D) float64; count: images used; meta: how they were made;
+    features: (count, D) float16, the features themselves (for KID), None when not known."""
 
     mu: np.ndarray
     sigma: np.ndarray
     count: int
     meta: dict[str, Any] = field(default_factory=dict)
+    features: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_features(cls, feats: np.ndarray, meta: Optional[dict[str, Any]] = None) -> "FidStats":
         """feats: (N, D) with N >= 2. Σ is the unbiased covariance, as in pytorch-fid (np.cov)."""
         if feats.ndim != 2 or feats.shape[0] < 2:
             raise DdpmkitError(f"FID needs at least 2 images, got {feats.shape[0] if feats.ndim else 0}")
+        kept = feats.astype(FEATURES_DTYPE)
         feats = feats.astype(np.float64)
-        return cls(feats.mean(axis=0), np.cov(feats, rowvar=False), int(feats.shape[0]), dict(meta or {}))
+        return cls(feats.mean(axis=0), np.cov(feats, rowvar=False), int(feats.shape[0]), dict(meta or {}), kept)
 
     def save(self, path: Path) -> None:
         """Write an .npz (mu, sigma, count, meta as JSON) atomically; no pickle."""
@@ -95,16 +105,39 @@ def stats_files(cache_dir: Path, label: str, key: str, prefix: str = "", suffix:
     return path, [path, *sorted(Path(cache_dir).glob(f"{prefix}*-{key[:16]}{suffix}"))]
 
 
+def features_file(stats_path: Path) -> Path:
+    """Where the features behind a cached statistics file are: features-<its name>.npy beside it."""
+    return stats_path.with_name(f"features-{stats_path.stem}.npy")
+
+
+def save_features(feats: np.ndarray, path: Path) -> None:
+    """Write (N, D) features as a float16 .npy, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # np.save(path) would append .npy to the temp name
+        np.save(f, np.asarray(feats, dtype=FEATURES_DTYPE), allow_pickle=False)
+
+
+def load_features(path: Path, stats: FidStats) -> Optional[np.ndarray]:
+    """The cached features of `stats` (memory-mapped), or None if absent or not theirs in shape."""
+    if not path.is_file():
+        return None
+    try:
+        feats = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return feats if feats.shape == (stats.count, stats.mu.shape[0]) and feats.dtype == FEATURES_DTYPE else None
+
+
 def cached_stats(
     cache_dir: Path,
     label: str,
     identity: dict[str, Any],
     compute: Callable[[], FidStats],
 ) -> tuple[FidStats, Path, bool]:
-    """Load `cache_dir/<label>-<key>.npz` if present, else compute it and store it.
+    """Load `cache_dir/<label>-<key>.npz` and its features if present, else compute and store them.
 
     The key hashes `identity` (source identity, split, crop, size, N, weights sha, feature spec),
-    so any change there names a different file: stale statistics are never read.
+    so any change there names a different file: stale statistics are never read. Statistics
+    cached without their features (before KID) are computed again, once.
     Returns (stats, path, whether it came from the cache).
     """
     key = stats_key(identity)
@@ -113,8 +146,12 @@ def cached_stats(
         if found.is_file():
             stats = FidStats.load(found)
             if stats.meta.get("key") == key:
-                return stats, found, True
+                stats.features = load_features(features_file(found), stats)
+                if stats.features is not None:
+                    return stats, found, True
     stats = compute()
     stats.meta = {**stats.meta, "key": key, "identity": identity}
+    if stats.features is not None:  # first: statistics on disk mean their features are there too
+        save_features(stats.features, features_file(path))
     stats.save(path)
     return stats, path, False

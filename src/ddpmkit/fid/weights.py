@@ -1,56 +1,74 @@
-"""Finding and checking the FID Inception weights file; nothing is downloaded.
+"""Finding, fetching and checking the FID Inception weights file.
 
-Search order: the setting `fid.weights`, then $DDPMKIT_FID_WEIGHTS, then the user cache folder
-($XDG_CACHE_HOME/ddpmkit/, default ~/.cache/ddpmkit/). The first place that is set decides, so a
-mistyped path is reported rather than quietly replaced by another file.
+Where the file is looked for, in order:
+1. the setting `fid.weights`, then $DDPMKIT_FID_WEIGHTS: the first that is set decides, so a
+   mistyped path is reported rather than quietly replaced by another file;
+2. pytorch-fid's own file in torch's hub cache, `torch.hub.get_dir()/checkpoints/<name>` (where
+   pytorch-fid keeps it: a file it downloaded once is found);
+3. online, pytorch-fid's own download (its URL, into that same place), with a progress bar.
+Offline with none of them, one line names the three ways.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
+
+from pytorch_fid.inception import FID_WEIGHTS_URL
+from torch.hub import download_url_to_file, get_dir
 
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.settings import FID_WEIGHTS_ENV
 
-WEIGHTS_NAME = "pt_inception-2015-12-05-fid-nofc.pth"
-# pytorch-fid's own download: the same network, accepted under its own name in the cache folder
-PYTORCH_FID_NAME = "pt_inception-2015-12-05-6726825d.pth"
-PYTORCH_FID_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{PYTORCH_FID_NAME}"
-# the fc-less export, and (by its torch.hub hash prefix) pytorch-fid's own download
+PYTORCH_FID_NAME = FID_WEIGHTS_URL.rsplit("/", 1)[-1]  # pt_inception-2015-12-05-6726825d.pth
+# the fc-less export of the same network, and (by its torch.hub hash prefix) pytorch-fid's download
 KNOWN_SHA256 = ("c88ec2623a2e40f17a7d1fb9bf78257776b25f267b295deceb7d43d274478ebc",)
 KNOWN_SHA256_PREFIXES = ("6726825d",)
 
 _sha_cache: dict[tuple[str, int, int], str] = {}
 
 
-def user_cache_dir() -> Path:
-    """$XDG_CACHE_HOME/ddpmkit, or ~/.cache/ddpmkit when XDG_CACHE_HOME is unset or relative."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
-    return base / "ddpmkit"
+def hub_weights_path() -> Path:
+    """Where pytorch-fid keeps its weights: torch.hub.get_dir()/checkpoints/pt_inception-…pth."""
+    return Path(get_dir()) / "checkpoints" / PYTORCH_FID_NAME
 
 
-def resolve_weights(weights: Optional[Path] = None) -> Path:
-    """The weights file: `weights` (fid.weights) if given, else $DDPMKIT_FID_WEIGHTS if set,
-    else the user cache folder. A missing file is a one-line DdpmkitError naming every place."""
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def resolve_weights(weights: Optional[Path] = None, log: Callable[[str], None] = _stderr) -> Path:
+    """The weights file: `weights` (fid.weights) if given, else $DDPMKIT_FID_WEIGHTS if set, else
+    pytorch-fid's file in torch's hub cache, downloaded there first if absent (`log` says so; the
+    bar goes to stderr). A file that is not there is a one-line DdpmkitError naming the ways."""
     env = os.environ.get(FID_WEIGHTS_ENV)
-    cache = user_cache_dir()
-    if weights is not None:
-        path, origin = Path(weights).expanduser(), "fid.weights"
-    elif env:
-        path, origin = Path(env).expanduser(), f"${FID_WEIGHTS_ENV}"
-    else:
-        found = [cache / name for name in (WEIGHTS_NAME, PYTORCH_FID_NAME) if (cache / name).is_file()]
-        path, origin = (found[0] if found else cache / WEIGHTS_NAME), "the user cache"
-    if path.is_file():
-        return path
-    raise DdpmkitError(
-        f"FID Inception weights not found: {path} (from {origin}) is not a file; searched fid.weights, "
-        f"then ${FID_WEIGHTS_ENV}, then {cache}/; download {PYTORCH_FID_URL} into {cache}/ "
-        f"or point fid.weights (--set fid.weights=PATH) at it"
+    hub = hub_weights_path()
+    if weights is not None or env:
+        path, origin = (Path(weights), "fid.weights") if weights is not None else (Path(env), f"${FID_WEIGHTS_ENV}")
+        path = path.expanduser()
+        if path.is_file():
+            return path
+        raise DdpmkitError(f"FID Inception weights not found: {path} (from {origin}) is not a file; {_ways(hub)}")
+    if hub.is_file():
+        return hub
+    log(f"downloading pytorch-fid's FID Inception weights from {FID_WEIGHTS_URL} to {hub}")
+    try:
+        hub.parent.mkdir(parents=True, exist_ok=True)
+        download_url_to_file(FID_WEIGHTS_URL, str(hub), hash_prefix=KNOWN_SHA256_PREFIXES[0], progress=True)
+    except (OSError, RuntimeError) as e:  # no network (URLError is an OSError), or a bad download (hash)
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DdpmkitError(f"FID Inception weights not found, and downloading them failed ({reason}); {_ways(hub)}") from e
+    return hub
+
+
+def _ways(hub: Path) -> str:
+    """The three ways to give ddpmkit the weights, for an error message."""
+    return (
+        f"set ${FID_WEIGHTS_ENV} (or --set fid.weights=PATH) to the file, put pytorch-fid's file at {hub}, "
+        f"or run once with network access to download it from {FID_WEIGHTS_URL}"
     )
 
 

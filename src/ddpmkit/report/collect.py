@@ -70,15 +70,15 @@ def read_run(path: Path) -> RunData:
         raise DdpmkitError(f"{path} is not a ddpmkit run directory (no {run.config.name} or {run.checkpoints.name}/)")
     problems: list[str] = []
     records = run.read_log(problems)
-    diverged = sum(1 for r in records if "loss" in r and not _number(r["loss"]))
+    diverged = sum(1 for r in records if "loss" in r and not is_number(r["loss"]))
     if diverged:
         problems.append(f"{run.log.name}: {diverged} step(s) logged a non-finite loss (training diverged?)")
     return RunData(
         path=run.path,
         config=_read_mapping(run.config, yaml.safe_load, problems),
         info=_read_mapping(run.info, json.loads, problems),
-        train_log=[r for r in records if _number(r.get("step")) and _number(r.get("loss"))],
-        fid_log=[r for r in records if _number(r.get("step")) and _number(r.get("fid"))],
+        train_log=[r for r in records if is_number(r.get("step")) and is_number(r.get("loss"))],
+        fid_log=[r for r in records if is_number(r.get("step")) and is_number(r.get("fid"))],
         grids=_read_grids(run.samples, problems),
         gif=_newest_picture(run.path, GIF_GLOBS, problems),
         preview=_first_picture(run.path, PREVIEW_NAMES, problems),
@@ -87,7 +87,8 @@ def read_run(path: Path) -> RunData:
     )
 
 
-def _number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
+    """A finite int or float (not a bool): what a value in the run log must be to be plotted."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from ddpmkit.human import fmt_bytes, fmt_duration
 from ddpmkit.report import plots
-from ddpmkit.report.collect import Picture, RunData
+from ddpmkit.report.collect import Picture, RunData, is_number
 from ddpmkit.report.page import img, note, table
 from ddpmkit.runfolder import CONFIG_FILE
 
@@ -138,15 +138,36 @@ def fid_section(run: RunData) -> Section:
         every = (run.config.get("fid", {}) or {}).get("every")
         why = " (fid.every = 0: set it to measure FID while training)" if not every else " yet"
         return "fid", "FID", note(f"No FID measured{why}.")
-    chart = img(plots.line([r["step"] for r in log], [r["fid"] for r in log], "FID (lower is better)", "FID",
-                           marker="o"), "image/png", "FID over steps")
-    rows = [(f"{int(r['step']):,}", f"{r['fid']:.2f}", r.get("fid_n", "?"), r.get("fid_sampler", "?"), _saturated(r))
-            for r in log]
+    charts = img(plots.line([r["step"] for r in log], [r["fid"] for r in log], "FID (lower is better)", "FID",
+                            marker="o"), "image/png", "FID over steps")
+    kids = [(r["step"], kid[0]) for r in log if (kid := _kid(r)) is not None]
+    if kids:
+        charts += img(plots.line([s for s, _ in kids], [k for _, k in kids], "KID x10³ (lower is better)", "KID x10³",
+                                 marker="o"), "image/png", "KID over steps")
+    rows = [(f"{int(r['step']):,}", f"{r['fid']:.2f}", _kid_text(r), r.get("fid_n", "?"), r.get("fid_sampler", "?"),
+             _saturated(r)) for r in log]
     caveat = ""
     if any(isinstance(r.get("fid_n"), int) and r["fid_n"] < 2048 for r in log):
-        caveat = note("FID from fewer than 2,048 samples is biased upwards: compare it across steps, not with papers.")
-    return "fid", "FID", f'<div class="plots">{chart}</div>{caveat}' + table(
-        rows, ["step", "FID", "samples", "sampler", "saturated (data)"], numeric=(0, 1, 2))
+        caveat = note("FID from fewer than 2,048 samples is biased upwards: compare it across steps, not with papers. "
+                      "KID is unbiased at any count; its spread (±) says how far to trust a difference.")
+    return "fid", "FID", f'<div class="plots">{charts}</div>{caveat}' + table(
+        rows, ["step", "FID", "KID x10³", "samples", "sampler", "saturated (data)"], numeric=(0, 1, 2, 3))
+
+
+def _kid(record: dict[str, Any]) -> Optional[tuple[float, Optional[float]]]:
+    """(mean, std) of the record's KID x10³ (ddpmkit.fid.kid), None when it has none."""
+    kid = record.get("kid") if isinstance(record.get("kid"), dict) else {}
+    mean, std = kid.get("mean_x1e3"), kid.get("std_x1e3")
+    if not is_number(mean):
+        return None
+    return float(mean), float(std) if is_number(std) else None
+
+
+def _kid_text(record: dict[str, Any]) -> str:
+    kid = _kid(record)
+    if kid is None:
+        return "—"
+    return f"{kid[0]:.2f}" + (f" ± {kid[1]:.2f}" if kid[1] is not None else "")
 
 
 def _saturated(record: dict[str, Any]) -> str:

@@ -201,7 +201,7 @@ class TrainConfig(_Section):
     num_samples: int = Field(16, ge=1, description="images in each training sample grid")
     report: bool = Field(True, description="write report.html into the run at every checkpoint")
     tensorboard: bool = Field(
-        False, description="also log scalars and sample grids for TensorBoard (pip install 'ddpmkit[tensorboard]')"
+        False, description="also log scalars and sample grids for TensorBoard (pip install tensorboard)"
     )
     condition: Literal["none", "attributes"] = Field(
         "none", description="none: unconditional; attributes: condition on the data's binary attributes "
@@ -285,8 +285,8 @@ class FidConfig(_Section):
 
     weights: Optional[Path] = Field(
         None,
-        description=f"FID Inception weights file; None = ${FID_WEIGHTS_ENV}, else the user cache "
-        "~/.cache/ddpmkit/ (pt_inception-2015-12-05-fid-nofc.pth)",
+        description=f"FID Inception weights file; None = ${FID_WEIGHTS_ENV}, else pytorch-fid's file in torch's "
+        "hub cache (~/.cache/torch/hub/checkpoints/), downloaded there when online (docs/fid.md)",
     )
     verify_weights: bool = Field(True, description="check the weights file's sha256 against the known ones")
     n: int = Field(10_000, ge=2, description="generated images per FID")

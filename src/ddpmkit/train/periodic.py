@@ -70,7 +70,7 @@ class PreviewGrids:
 
 @dataclass
 class FidProbe:
-    """FID of `n` EMA samples (fixed seed 0, a fast sampler), written beside the loss."""
+    """FID (and KID) of `n` EMA samples (fixed seed 0, a fast sampler), written beside the loss."""
 
     monitor: Callable[[Iterable[Tensor]], float]  # uint8 batches -> FID against the reference
     denoiser: Denoiser  # the run's EMA network, schedule and prediction
@@ -86,7 +86,11 @@ class FidProbe:
         name = f"{self.cfg.sampler}{self.cfg.steps}"
         record: dict[str, Any] = {"step": step, "fid": round(value, 4), "fid_n": self.n, "fid_sampler": name}
         line = f"step {step}: FID {value:.2f} ({self.n} samples, {self.cfg.sampler} {self.cfg.steps} steps)"
-        # a FidMonitor also measured the samples' colours (any other callable just gives the FID)
+        # a FidMonitor also measured the samples' KID and colours (any other callable just gives the FID)
+        kid = getattr(self.monitor, "last_kid", None)
+        if kid is not None:
+            record["kid"] = kid.as_dict()
+            line += f"; KID {kid.describe()} (x10^3)"
         colour, ref_colour = getattr(self.monitor, "last_colour", None), getattr(self.monitor, "reference_colour", None)
         if colour is not None:
             record["colour"] = compare(colour, ref_colour)

@@ -52,7 +52,7 @@ class RunDir(RunFolder):
 
 TENSORBOARD_MISSING = (
     "note: train.tensorboard is on but the tensorboard package is not installed "
-    "(pip install -e '.[tensorboard]' in the ddpmkit clone): logging to the run log only"
+    "(pip install tensorboard; in a clone: pip install -e '.[tensorboard]'): logging to the run log only"
 )
 
 
