@@ -20,7 +20,7 @@ from ddpmkit.cli.common import (ConfigOpt, PresetOpt, SetOpt, console, default_i
                                 user_errors)
 from ddpmkit.cli.sample_cmd import counted, output_folder, say_which_run
 from ddpmkit.errors import DdpmkitError
-from ddpmkit.sections import MAX_SEED
+from ddpmkit.sections import DEFAULT_SAMPLE_BATCH, MAX_SEED
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -89,7 +89,7 @@ def inpaint(
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     fills = draw_fills(model, repaint, sched.alphas_cumprod, pixels, fill, n=n, seed=seed,
-                       batch_size=batch_size or settings.sample.batch_size, dev=dev, out_dir=out_dir,
+                       batch_size=batch_size or settings.sample.batch_size or DEFAULT_SAMPLE_BATCH, dev=dev, out_dir=out_dir,
                        gif_frames=settings.sample.gif_frames if gif else 0, progress=progress,
                        prediction=settings.diffusion.prediction)
     write_pictures(out_dir, pixels, fill, fills)

@@ -20,7 +20,7 @@ from ddpmkit.cli.common import (ConfigOpt, PresetOpt, SetOpt, console, default_i
 from ddpmkit.cli.sample_cmd import counted, output_folder, say_which_run
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.progress import Progress
-from ddpmkit.sections import MAX_SEED
+from ddpmkit.sections import DEFAULT_SAMPLE_BATCH, MAX_SEED
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -197,7 +197,8 @@ def run_walk(model: Any, settings: "Settings", cfg: Any, ends: list[Any], from_i
     size = settings.data.size
     smp = invertible_ddim(sched, cfg.steps, cfg.spacing) if from_images else make_sampler(sched, cfg)
     n = len(smp.timesteps)
-    batches = -(-frames // cfg.batch_size)
+    batch = cfg.batch_size or DEFAULT_SAMPLE_BATCH
+    batches = -(-frames // batch)
     total = n * batches + (n * (1 + refine) if from_images else 0)
     result: dict[str, Tensor] = {}
     # as a context manager, piped, the bar ends with a line of the final count
@@ -213,7 +214,7 @@ def run_walk(model: Any, settings: "Settings", cfg: Any, ends: list[Any], from_i
             shape = (settings.model.in_channels, size, size)
             z0, z1 = seed_noise(ends[0], shape, dev), seed_noise(ends[1], shape, dev)
         bar.update(bar.done, f"decoding 0/{frames} frames")
-        walk = decode(eps, smp, slerp_path(z0, z1, frames), cfg.batch_size,
+        walk = decode(eps, smp, slerp_path(z0, z1, frames), batch,
                       on_batch=lambda done: bar.update(bar.done, f"decoding {done}/{frames} frames"))
         result["frames"] = walk.cpu()
     return result

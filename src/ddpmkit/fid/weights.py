@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from ddpmkit.errors import DdpmkitError
+from ddpmkit.io_utils import user_cache_dir
 from ddpmkit.sections import FID_WEIGHTS_ENV
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-fid-nofc.pth"
@@ -24,13 +25,6 @@ KNOWN_SHA256 = ("c88ec2623a2e40f17a7d1fb9bf78257776b25f267b295deceb7d43d274478eb
 KNOWN_SHA256_PREFIXES = ("6726825d",)
 
 _sha_cache: dict[tuple[str, int, int], str] = {}
-
-
-def user_cache_dir() -> Path:
-    """$XDG_CACHE_HOME/ddpmkit, or ~/.cache/ddpmkit when XDG_CACHE_HOME is unset or relative."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
-    return base / "ddpmkit"
 
 
 def resolve_weights(weights: Optional[Path] = None) -> Path:

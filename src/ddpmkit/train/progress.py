@@ -33,14 +33,16 @@ class Plan:
     epochs: float  # of the data, for the whole run
     device: str
     cpu_alternative: Optional[str] = None  # the preset to suggest if this one is too slow on a CPU
+    speed: str = ""  # precision, compile, micro-batches (launch.speed_line)
 
     def line(self) -> str:
         preset = f"preset {self.preset}" if self.preset else "no preset"
         why = f" ({self.why})" if self.why else ""
         steps = f"steps {self.start:,} → {self.total:,}" if self.start else f"{self.total:,} steps"
         epochs = f"{self.epochs:,.0f}" if self.epochs >= 100 else f"{self.epochs:.3g}"
+        speed = f" · {self.speed}" if self.speed else ""
         return (f"training {self.parameters / 1e6:.2f}M parameters, {preset}{why} · data: {self.data} · "
-                f"batch {self.batch_size} · {steps} ({epochs} epochs) · device {self.device}")
+                f"batch {self.batch_size} · {steps} ({epochs} epochs) · device {self.device}{speed}")
 
     def eta_lines(self, seconds_per_step: float, step: int, measured_over: tuple[int, int]) -> list[str]:
         """The ETA line, and on a CPU a warning when the rest of the run takes too long."""
