@@ -213,19 +213,22 @@ class TrainDiffusers(Bench):
 
 class SampleDdpmkit(Bench):
     """ddpmkit.generate.generate with DDIM (η = 0) over `steps` steps, the preset's model as
-    `checkpoint.load_model` returns it from a checkpoint of a freshly initialised run."""
+    `checkpoint.load_model` returns it from a checkpoint of a freshly initialised run, run as the
+    sampling commands run it (`SamplingNetwork`: the sampling dtype cast once, channels_last on
+    CUDA, compiled when `compile`)."""
 
     def __init__(self, preset: str, device: torch.device, batch: int, steps: int, warm_steps: int, compile: bool) -> None:
         from ddpmkit.checkpoint import load_model
         from ddpmkit.samplers import make_sampler
+        from ddpmkit.sampling_network import SamplingNetwork
 
         with tempfile.TemporaryDirectory() as tmp:
             t = make_trainer(bench_settings(preset, torch.device("cpu"), 8, 8, Path(tmp) / "run", False))
             t.save()
             del t
             model, self.settings, _ = load_model(Path(tmp) / "run", device)
-        self.net = torch.compile(model) if compile else model
-        self.cfg = self.settings.sample.model_copy(update={"sampler": "ddim", "steps": steps, "eta": 0.0})
+        self.cfg = self.settings.sample.model_copy(update={"sampler": "ddim", "steps": steps, "eta": 0.0, "compile": compile})
+        self.net = SamplingNetwork(model, device, self.cfg)
         self.sched = NoiseSchedule.from_config(self.settings.diffusion).to(device)
         self.make_sampler = make_sampler
         self.device, self.batch, self.steps, self.warm_steps = device, batch, steps, warm_steps

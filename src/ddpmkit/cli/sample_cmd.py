@@ -69,13 +69,26 @@ def sample(
     Conditional run: ddpmkit sample RUN --attr Smiling --attr Eyeglasses --attr -Male --guidance 3
     """
     # lazy: torch and the model code load when the command runs, not for `ddpmkit --help`
+    from ddpmkit.cli.torchrun import processes
+
+    asked = resolve_settings(config, preset, sets, {"train": {"device": device}})
+    with processes(asked.train.device) as (dist, dev):
+        _sample(checkpoint, asked, dev, dist, n=n, seed=seed, sampler=sampler, steps=steps, eta=eta,
+                batch_size=batch_size, gif=gif, scale=scale, out=out, force=force, no_ema=no_ema,
+                progress=progress, attr=attr, guidance=guidance, config=config, sets=sets)
+
+
+def _sample(checkpoint: Optional[Path], asked: Any, dev: Any, dist: Any, *, n: Optional[int], seed: Optional[int],
+            sampler: Optional[str], steps: Optional[int], eta: Optional[float], batch_size: Optional[int], gif: bool,
+            scale: Optional[int], out: Optional[Path], force: bool, no_ema: bool, progress: bool,
+            attr: Optional[list[str]], guidance: Optional[float], config: Optional[Path],
+            sets: Optional[list[str]]) -> None:
+    """`sample` in one process of `dist` (all of it without torchrun), on device `dev`."""
+    # lazy, as in sample()
     from ddpmkit.checkpoint import load_model
-    from ddpmkit.device import resolve_device
     from ddpmkit.samplers import make_sampler
     from ddpmkit.schedule import NoiseSchedule
 
-    asked = resolve_settings(config, preset, sets, {"train": {"device": device}})
-    dev = resolve_device(asked.train.device)
     path = checkpoint if checkpoint is not None else newest_run(need_checkpoint=True)
     model, settings, step = load_model(path, dev, use_ema=not no_ema, fallback_settings=asked)
     options = {"n": n, "seed": seed, "sampler": sampler, "steps": steps, "eta": eta, "batch_size": batch_size}
@@ -86,15 +99,21 @@ def sample(
     smp = make_sampler(sched, cfg)
     label = f"{Path(path).resolve().name}-step{step}-{cfg.sampler}{cfg.steps}-seed{cfg.seed}" + wanted
     out_dir = output_folder(out, force, cfg.out_dir / label)
+    dist.barrier()  # every process named the folder before any makes it
     # everything is checked: from here on, output
     say_which_run(checkpoint is None, path, step, "sampling from")
-    console.print(f"sampling {cfg.n:,} images{' (' + wanted[1:] + ')' if wanted else ''} with {cfg.sampler} ({cfg.steps} steps) on {dev} from step {step:,}"
+    where = f"on {dev}" + (f" x {dist.world_size} processes" if dist.enabled else "")
+    console.print(f"sampling {cfg.n:,} images{' (' + wanted[1:] + ')' if wanted else ''} with {cfg.sampler} ({cfg.steps} steps) {where} from step {step:,}"
                   f" into {out_dir}", markup=False)
     out_dir.mkdir(parents=True, exist_ok=True)
     shape = (settings.model.in_channels, settings.data.size, settings.data.size)
-    writer = SampleWriter(out_dir, cfg.n, scale)
-    draw(model, smp, sched, cfg, shape, dev, writer, gif=gif, progress=progress,
-         prediction=settings.diffusion.prediction, cond=cond, guidance=w)
+    first, count = dist.shard(cfg.n)
+    writer = SampleWriter(out_dir, cfg.n, scale, start=first, grid=dist.is_main)
+    draw(model, smp, sched, cfg, shape, dev, writer, gif=gif and dist.is_main, progress=progress,
+         prediction=settings.diffusion.prediction, cond=cond, guidance=w, share=(first, count))
+    dist.barrier()  # every process has written its images
+    if dist.enabled and dist.is_main:
+        writer.regrid()
     files = "grid.png, images/" + (", denoise.gif" if gif else "")
     console.print(f"wrote {cfg.n:,} images in {time.perf_counter() - writer.t0:.1f}s to {out_dir} ({files})",
                   markup=False, soft_wrap=True)
@@ -102,22 +121,27 @@ def sample(
 
 def draw(model: Any, smp: Any, sched: "NoiseSchedule", cfg: "SampleConfig", shape: tuple[int, int, int],
          dev: Any, writer: "SampleWriter", *, gif: bool, progress: bool, prediction: str,
-         cond: Optional["Tensor"] = None, guidance: float = 1.0) -> None:
+         cond: Optional["Tensor"] = None, guidance: float = 1.0, share: Optional[tuple[int, int]] = None) -> None:
     """Sample cfg.n images batch by batch into `writer`, with progress; Ctrl-C keeps what is written.
     prediction: the run's diffusion.prediction (a v-network's output becomes ε in `eps_fn`).
-    cond: (K,) attributes for a conditional model, guided with weight `guidance` (None: unconditional)."""
+    cond: (K,) attributes for a conditional model, guided with weight `guidance` (None: unconditional).
+    share: (first index, count) of this process's images (torchrun); default all cfg.n."""
     # lazy, as in sample(): torch loads when the command runs, not for `ddpmkit --help`
     from ddpmkit.generate import eps_fn, generate
     from ddpmkit.pictures import DenoiseRecorder
+    from ddpmkit.sampling_network import SamplingNetwork
 
-    n_batches = -(-cfg.n // cfg.batch_size)
+    first, count = share or (0, cfg.n)
+    net = SamplingNetwork(model, dev, cfg, log=lambda m: console.print(m, markup=False))
+    batch = net.batch_size(cfg.batch_size, count, shape, calls=2 if cond is not None and guidance not in (0, 1) else 1)
+    n_batches = -(-count // batch)
     bar = Progress("sample", n_batches * len(smp.timesteps), mode="auto" if progress else "off", console=console,
-                   info=f"images 0/{cfg.n:,}")
+                   info=f"images 0/{count:,}")
     recorder = DenoiseRecorder(smp.timesteps.tolist(), sched.alphas_cumprod, cfg.gif_frames) if gif else None
-    eps = counted(eps_fn(model, dev, prediction=prediction, sched=sched, cond=cond, guidance=guidance),
+    eps = counted(eps_fn(net, dev, prediction=prediction, sched=sched, cond=cond, guidance=guidance),
                   lambda calls: writer.report(bar, calls))
-    batches = generate(eps, smp, cfg.n, shape, seed=cfg.seed, batch_size=cfg.batch_size, device=dev,
-                       callback=recorder)
+    batches = generate(eps, smp, count, shape, seed=cfg.seed, batch_size=batch, device=dev,
+                       callback=recorder, first=first)
     try:
         writer.write_all(batches, recorder, bar)
     except KeyboardInterrupt:
@@ -223,8 +247,10 @@ class SampleWriter:
     """Writes each batch as it comes: images/sample_NNNNN.png, grid.png of the first images,
     and (after the first batch) the denoising GIF."""
 
-    def __init__(self, out_dir: Path, n: int, scale: Optional[int]) -> None:
-        self.out_dir, self.n, self.scale = out_dir, n, scale
+    def __init__(self, out_dir: Path, n: int, scale: Optional[int], start: int = 0, grid: bool = True) -> None:
+        """n: images of the whole command; start: this writer's first image index (torchrun: its
+        process's share); grid: whether it writes grid.png (the process holding the first images)."""
+        self.out_dir, self.n, self.scale, self.start, self.grid = out_dir, n, scale, start, grid
         self.digits = max(5, len(str(n - 1)))  # one width for all names, so they sort in order
         self.done = 0
         self.first: list[Any] = []  # the first GRID_MAX images, (b, 3, H, W) tensors
@@ -247,6 +273,15 @@ class SampleWriter:
                 recorder.save(self.out_dir / "denoise.gif")
             self.report(bar, bar.done, force=True)
 
+    def regrid(self) -> None:
+        """grid.png again from the first images on disk: under torchrun, other processes' too."""
+        import torch  # lazy, as in sample()
+
+        from ddpmkit.images import load_image, save_grid
+
+        files = sorted((self.out_dir / "images").glob("sample_*.png"))[:GRID_MAX]
+        save_grid(torch.cat([load_image(f) for f in files]), self.out_dir / "grid.png", scale=self.scale)
+
     def write(self, x: "Tensor") -> None:
         """x: (b, 3, H, W) in [-1, 1], the next b images."""
         # lazy, as in sample(): torch loads when the command runs, not for `ddpmkit --help`
@@ -257,9 +292,9 @@ class SampleWriter:
         (self.out_dir / "images").mkdir(exist_ok=True)
         for j, img in enumerate(to_uint8(x)):
             pil = Image.fromarray(img.permute(1, 2, 0).contiguous().numpy())
-            save_png(pil, self.out_dir / "images" / f"sample_{self.done + j:0{self.digits}d}.png")
+            save_png(pil, self.out_dir / "images" / f"sample_{self.start + self.done + j:0{self.digits}d}.png")
         have = sum(len(b) for b in self.first)
-        if have < GRID_MAX:
+        if self.grid and have < GRID_MAX:
             import torch  # lazy: see above
 
             self.first.append(x[: GRID_MAX - have])

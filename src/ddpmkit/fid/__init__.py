@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from ddpmkit.fid.colour import ColourAccumulator, ColourStats, colour_stats, source_colour
 from ddpmkit.fid.extractor import FidExtractor
+from ddpmkit.fid.gather import gathered_stats
 from ddpmkit.fid.monitor import FidMonitor
 from ddpmkit.fid.sources import (
     ImageSource,
@@ -30,6 +31,6 @@ from ddpmkit.fid.weights import resolve_weights, user_cache_dir
 __all__ = [
     "ColourAccumulator", "ColourStats", "colour_stats", "source_colour",
     "FidExtractor", "FidMonitor", "FidStats", "ImageSource", "cache_source", "cached_stats", "default_reference",
-    "find_prepared_cache", "folder_source", "frechet_distance", "is_image_folder", "is_prepared_cache",
+    "find_prepared_cache", "folder_source", "frechet_distance", "gathered_stats", "is_image_folder", "is_prepared_cache",
     "resolve_weights", "synthetic_source", "user_cache_dir",
 ]
