@@ -31,7 +31,7 @@ import torch
 from ddpmkit.compiling import INDUCTOR_CACHE_ENV
 from ddpmkit.settings import build_settings
 from machine import cpu_model, load_average  # benchmarks/machine.py
-from speed_benches import TrainDdpmkit, sync
+from speed_benches import TrainDdpmkit, refuse_fallback, sync
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -66,6 +66,7 @@ def measure(preset: str, device: torch.device, batch: int, steps: int) -> dict[s
     compiled = TrainDdpmkit(preset, device, batch, max(batch, 256), True, warmup=1)
     try:
         first_s = timed(compiled, 1, device)  # Inductor compiles the forward and the backward here
+        refuse_fallback(compiled.t.stepper.net)
         print(f"compiled: first step {first_s:,.1f} s", flush=True)
         compiled.step()
         compiled_s = timed(compiled, steps, device)

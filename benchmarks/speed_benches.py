@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
+from ddpmkit.compiling import Compiled
 from ddpmkit.device import autocast
 from ddpmkit.diffusion import training_loss
 from ddpmkit.schedule import NoiseSchedule
@@ -119,6 +120,12 @@ def batches_forever(t) -> Iterator[torch.Tensor]:
 # ------------------------------------------------------------------ the measured work
 
 
+def refuse_fallback(net: Any) -> None:
+    """A compiled ddpmkit network that fell back to eager would be timed as compiled: stop instead."""
+    if isinstance(net, Compiled) and net.failed:
+        raise RuntimeError("torch.compile failed and ddpmkit fell back to eager: no compiled rate to measure")
+
+
 class Bench:
     """One side of a comparison: `warm()` once (untimed), then `step()` does `work` images (x steps)."""
 
@@ -147,6 +154,7 @@ class TrainDdpmkit(Bench):
     def warm(self) -> None:
         for _ in range(self.warmup):
             self.step()
+        refuse_fallback(self.t.stepper.net)
 
     def step(self) -> torch.Tensor:
         return self.t.train_step(next(self.data))
@@ -245,6 +253,7 @@ class SampleDdpmkit(Bench):
 
     def warm(self) -> None:  # compilation happens here: the network sees the same shapes every step
         self._run(self.warm_steps)
+        refuse_fallback(self.net.compiled)
 
     def step(self) -> torch.Tensor:
         return self._run(self.steps)
