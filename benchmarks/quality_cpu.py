@@ -31,8 +31,6 @@ import json
 import math
 import os
 import shlex
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,8 +41,8 @@ from typing import Any, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_model, load_average  # noqa: E402  (benchmarks/machine.py)
 from quality_report import write_report  # noqa: E402
+from runs import REPO, cli_env, read_log, steady_rate, train_for  # noqa: E402  (benchmarks/runs.py)
 
-REPO = Path(__file__).resolve().parents[1]
 X0_MODES = ("none", "clip", "clip_eps", "dynamic")
 SCRIPT_SETS = ["train.sample_every=0"]  # before the user's --set, which may turn previews back on
 
@@ -107,13 +105,6 @@ def _check(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error(f"{a.run_dir} exists: choose another --name or --run-root, or delete it")
 
 
-def _env() -> dict[str, str]:
-    """This checkout's ddpmkit for the subprocesses, whatever the venv has installed."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src")] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    return env
-
-
 def train_command(a: argparse.Namespace) -> list[str]:
     cmd = [sys.executable, "-m", "ddpmkit", "train", "--preset", a.preset, "--run-dir", str(a.run_dir),
            "--device", a.device, "--set", f"data.cache_dir={a.cache_dir}"]
@@ -137,35 +128,11 @@ def train(a: argparse.Namespace) -> tuple[float, bool]:
     cmd = train_command(a)
     print("$", shlex.join(cmd), flush=True)
     start = time.time()
-    proc = subprocess.Popen(cmd, env=_env())
-    stopped = False
-    try:
-        proc.wait(timeout=a.minutes * 60 if a.minutes else None)
-    except subprocess.TimeoutExpired:
-        stopped = True
-        proc.send_signal(signal.SIGTERM)  # the trainer ends the step and saves a checkpoint
-        proc.wait()
-    if proc.returncode not in (0, 130) or (proc.returncode == 130 and not stopped):
-        raise SystemExit(f"training failed (exit {proc.returncode}): {shlex.join(cmd)}")
+    # SIGTERM after --minutes: the trainer ends the step and saves a checkpoint
+    code, stopped, _ = train_for(cmd, a.minutes * 60 if a.minutes else None, env=cli_env())
+    if code not in (0, 130) or (code == 130 and not stopped):
+        raise SystemExit(f"training failed (exit {code}): {shlex.join(cmd)}")
     return start, stopped
-
-
-def read_log(run_dir: Path) -> list[dict[str, Any]]:
-    records = []
-    for line in (run_dir / "log.jsonl").read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except ValueError:
-            continue  # a line cut by the stop
-        if isinstance(r, dict) and "img_per_s" in r:
-            records.append(r)
-    return records
-
-
-def steady_rate(log: list[dict[str, Any]], upto: int) -> Optional[float]:
-    """Median img/s of the log windows up to step `upto`, the first (start-up) window excluded."""
-    rates = [r["img_per_s"] for r in log[1:] if r["step"] <= upto]
-    return round(statistics.median(rates), 2) if rates else None
 
 
 def wall_at(log: list[dict[str, Any]], step: int, start: float) -> Optional[float]:
@@ -194,7 +161,7 @@ def evaluate(a: argparse.Namespace, ckpt: Path, sampler: str, steps: int, x0: st
         if a.eval_batch:
             cmd += ["--batch-size", str(a.eval_batch)]
         t0 = time.time()
-        done = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+        done = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True)
         if done.returncode != 0:
             sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
             raise SystemExit(f"evaluation failed (exit {done.returncode}): {shlex.join(cmd)}")

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
+from ddpmkit.compiling import Compiled
 from ddpmkit.device import autocast
 from ddpmkit.diffusion import training_loss
 from ddpmkit.schedule import NoiseSchedule
@@ -119,6 +120,12 @@ def batches_forever(t) -> Iterator[torch.Tensor]:
 # ------------------------------------------------------------------ the measured work
 
 
+def refuse_fallback(net: Any) -> None:
+    """A compiled ddpmkit network that fell back to eager would be timed as compiled: stop instead."""
+    if isinstance(net, Compiled) and net.failed:
+        raise RuntimeError("torch.compile failed and ddpmkit fell back to eager: no compiled rate to measure")
+
+
 class Bench:
     """One side of a comparison: `warm()` once (untimed), then `step()` does `work` images (x steps)."""
 
@@ -147,6 +154,7 @@ class TrainDdpmkit(Bench):
     def warm(self) -> None:
         for _ in range(self.warmup):
             self.step()
+        refuse_fallback(self.t.stepper.net)
 
     def step(self) -> torch.Tensor:
         return self.t.train_step(next(self.data))
@@ -213,19 +221,22 @@ class TrainDiffusers(Bench):
 
 class SampleDdpmkit(Bench):
     """ddpmkit.generate.generate with DDIM (η = 0) over `steps` steps, the preset's model as
-    `checkpoint.load_model` returns it from a checkpoint of a freshly initialised run."""
+    `checkpoint.load_model` returns it from a checkpoint of a freshly initialised run, run as the
+    sampling commands run it (`SamplingNetwork`: the sampling dtype cast once, channels_last on
+    CUDA, compiled when `compile`)."""
 
     def __init__(self, preset: str, device: torch.device, batch: int, steps: int, warm_steps: int, compile: bool) -> None:
         from ddpmkit.checkpoint import load_model
         from ddpmkit.samplers import make_sampler
+        from ddpmkit.sampling_network import SamplingNetwork
 
         with tempfile.TemporaryDirectory() as tmp:
             t = make_trainer(bench_settings(preset, torch.device("cpu"), 8, 8, Path(tmp) / "run", False))
             t.save()
             del t
             model, self.settings, _ = load_model(Path(tmp) / "run", device)
-        self.net = torch.compile(model) if compile else model
-        self.cfg = self.settings.sample.model_copy(update={"sampler": "ddim", "steps": steps, "eta": 0.0})
+        self.cfg = self.settings.sample.model_copy(update={"sampler": "ddim", "steps": steps, "eta": 0.0, "compile": compile})
+        self.net = SamplingNetwork(model, device, self.cfg)
         self.sched = NoiseSchedule.from_config(self.settings.diffusion).to(device)
         self.make_sampler = make_sampler
         self.device, self.batch, self.steps, self.warm_steps = device, batch, steps, warm_steps
@@ -242,6 +253,7 @@ class SampleDdpmkit(Bench):
 
     def warm(self) -> None:  # compilation happens here: the network sees the same shapes every step
         self._run(self.warm_steps)
+        refuse_fallback(self.net.compiled)
 
     def step(self) -> torch.Tensor:
         return self._run(self.steps)

@@ -13,6 +13,8 @@ Every test sees the weights through $DDPMKIT_FID_WEIGHTS, as a user would (produ
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional
 from urllib.error import URLError
@@ -154,3 +156,21 @@ def tiny(run_dir: Path, **sections: dict[str, Any]) -> Settings:
 @pytest.fixture
 def tiny_settings(tmp_path):
     return lambda **sections: tiny(tmp_path / "run", **sections)
+
+
+def torchrun(args: list[str], cwd: Path, nproc: int = 2, timeout: float = 180) -> subprocess.CompletedProcess:
+    """`python -m torch.distributed.run --standalone --nproc_per_node=nproc ARGS`, checked.
+
+    --standalone lets the rendezvous pick a free port itself, so parallel CI jobs cannot collide.
+    Every child gets OMP_NUM_THREADS=1 so the processes do not fight over the cores, and the
+    launch a timeout, so a deadlock fails the test instead of blocking CI.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:  # subprocess.run kills the launcher on timeout
+        pytest.fail(f"torchrun hung for {timeout}s (a deadlock?): {' '.join(cmd)}\n{e.stderr!s:.4000}")
+    assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return proc

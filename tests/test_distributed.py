@@ -10,9 +10,7 @@ deadlock fails the test instead of blocking CI.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,7 @@ from safetensors.torch import load_file
 from ddpmkit.runfolder import STATE_FILE, RunFolder
 from ddpmkit.train import TrainResult, train
 
-from conftest import tiny
+from conftest import tiny, torchrun
 
 
 def latest_checkpoint(root):
@@ -52,19 +50,7 @@ def _write_config(path: Path, run_dir: Path, max_steps: int) -> Path:
 
 
 def _torchrun(args: list[str], cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess:
-    """`python -m torch.distributed.run --standalone --nproc_per_node=nproc ARGS`, checked.
-
-    --standalone lets the rendezvous pick a free port itself, so parallel CI jobs cannot collide.
-    """
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
-    try:
-        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired as e:  # subprocess.run kills the launcher on timeout
-        pytest.fail(f"torchrun hung for {TIMEOUT_S}s (a deadlock?): {' '.join(cmd)}\n{e.stderr!s:.4000}")
-    assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return proc
+    return torchrun(args, cwd, nproc, TIMEOUT_S)
 
 
 def _checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
@@ -110,6 +96,7 @@ def worker_runs(tmp_path_factory) -> Path:
     scale_up: resume to step 4 a run that 1 process trained for 2 steps;
     stop:     a new 4-step run in which rank 1 alone asks to stop after step 2;
     budget:   a new run fitted to a time budget of BUDGET.
+    accum:    a new 4-step run in 2 micro-batches per process (train.grad_accum 2).
     """
     root = tmp_path_factory.mktemp("ddp")
     fresh = _write_config(root / "fresh.yaml", root / "fresh", STEPS)
@@ -118,7 +105,9 @@ def worker_runs(tmp_path_factory) -> Path:
     stop = _write_config(root / "stop.yaml", root / "stop", STEPS)
     budget = root / "budget.yaml"
     budget.write_text(tiny(root / "budget", train={"max_steps": None, "time_budget": BUDGET}).to_yaml())
-    jobs = [str(fresh), f"resume:{scale_up}", f"stop:2:{stop}", str(budget)]
+    accum = root / "accum.yaml"
+    accum.write_text(tiny(root / "accum", train={"max_steps": STEPS, "grad_accum": 2}).to_yaml())
+    jobs = [str(fresh), f"resume:{scale_up}", f"stop:2:{stop}", str(budget), str(accum)]
     _torchrun([str(WORKER), str(root / "ranks"), *jobs], cwd=root)
     return root
 
@@ -190,6 +179,18 @@ def test_two_gloo_ranks_agree_on_one_step_count_for_a_time_budget(worker_runs):
     assert info["budget"]["time"] == BUDGET and info["world_size"] == 2
     _, _, state = _checkpoint(run_dir)
     assert state["step"] == steps[0] and _logged_steps(run_dir) == list(range(1, steps[0] + 1))
+
+
+def test_accumulated_micro_batches_all_reduce_once_per_step_and_follow_one_process(reference, worker_runs):
+    """grad_accum 2 on 2 ranks: micro-batches of 4, only the last of each step all-reduces (no_sync
+    before it), and the run follows the single process with the whole batch of 16."""
+    counts = {job: [int((worker_runs / "ranks" / job / f"rank{r}.allreduces").read_text()) for r in (0, 1)]
+              for job in ("fresh", "accum")}
+    assert counts["fresh"][0] >= STEPS  # one per step and gradient bucket
+    assert counts["accum"] == counts["fresh"]
+    models, emas = _rank_weights(worker_runs / "ranks" / "accum")
+    assert _max_diff(models[0], reference["model"]) < ATOL
+    assert _max_diff(emas[0], reference["ema"]) < ATOL
 
 
 def test_torchrun_cli_on_two_processes_resumes_on_one(reference, tmp_path):

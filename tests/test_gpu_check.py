@@ -1,8 +1,10 @@
-"""The GPU check (scripts/gpu_bundle.sh, gpu_ferry.sh, gpu_check.sh) as a dry run at tiny sizes on the
-CPU, so the one prepared command for a lent GPU cannot rot while no GPU is there; and the GPU path
-of a training step, marked `cuda` (on a GPU machine, `pytest -m cuda` runs it on the device).
+"""The offline GPU kit (gpukit/, run by scripts/gpu_bundle.sh, gpu_stash.sh and gpu_check.sh) as a dry
+run at tiny sizes on the CPU, so the one prepared command for a GPU machine without internet cannot
+rot while no GPU is there; and the GPU path of a training step, marked `cuda` (on a GPU machine,
+`pytest -m cuda` runs it on the device).
 
-The dry run runs every stage but bench_compiled (torch.compile takes minutes on a CPU); the
+The dry run makes a bundle under a size budget (the weights in pieces, one copied in alone and
+stashed), then runs every stage but bench_compiled (torch.compile takes minutes on a CPU); the
 report lists what each stage leaves out. Data: CelebA and the FID weights from ../shared.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,10 +24,13 @@ import torch
 
 from conftest import FID_WEIGHTS, REPO, SHARED
 
-sys.path.insert(0, str(REPO / "benchmarks"))
-import gpu_common  # noqa: E402  (benchmarks/ is no package)
+sys.path.insert(0, str(REPO / "gpukit"))
+import bundle as gpu_bundle  # noqa: E402  (gpukit/ is no package)
+import kit  # noqa: E402
 
-DRY_RUN_STAGES = ["bundle", "wheels", "device", "weights", "pytest", "bench_eager", "pack", "train", "sample", "fid"]
+WEIGHTS = FID_WEIGHTS
+DRY_RUN_STAGES = ["bundle", "wheels", "device", "weights", "profile", "bench_eager", "pack", "train", "sample", "fid", "pytest"]
+BUDGET = 64 * 2**20
 
 
 def _env(root: Path, **extra: str) -> dict[str, str]:
@@ -49,23 +55,23 @@ def _stages(out: Path) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
-    """Bundle, call 1 (the ferry), call 2 (the check): the device-tool sequence, on this CPU."""
+    """Bundle under a 64 MiB budget, copy 1 (a weights piece, stashed), copy 2 (kit/ and the last piece: the check)."""
     root = tmp_path_factory.mktemp("gpu_check")
     env = _env(root)
-    bundle = _script("gpu_bundle.sh", env, "--tiny")
-    assert bundle.returncode == 0, bundle.stdout + bundle.stderr
-    ferry = _script("gpu_ferry.sh", env)
-    assert ferry.returncode == 0, ferry.stdout + ferry.stderr
+    made = _script("gpu_bundle.sh", env, "--tiny", "--max-bytes", "64MiB")
+    assert made.returncode == 0, made.stdout + made.stderr
+    stash = _script("gpu_stash.sh", {**env, "DDPMKIT_GPU_BUNDLE": str(root / "bundle")})
+    assert stash.returncode == 0, stash.stdout + stash.stderr
     check = _script("gpu_check.sh", env)
-    yield root, bundle, check
-    for big in ("bundle/fid1", "bundle/fid2", "staging", "work/fid"):  # ~300 MB of weight copies
+    yield root, made, check
+    for big in ("bundle/piece1", "bundle/piece2", "staging", "work/fid"):  # ~300 MB of weight copies
         shutil.rmtree(root / big, ignore_errors=True)
 
 
 @pytest.mark.shared_celeba
 @pytest.mark.fid_weights
 def test_the_dry_run_passes_every_stage_and_reports_it(dry_run):
-    root, bundle, check = dry_run
+    root, made, check = dry_run
     out = root / "out"
     assert check.returncode == 0, check.stdout[-4000:] + check.stderr[-2000:]
     report = json.loads((out / "gpu_check.json").read_text())
@@ -77,22 +83,25 @@ def test_the_dry_run_passes_every_stage_and_reports_it(dry_run):
         assert f"[gpu_check] {name}: PASS" in check.stdout
     md = (out / "gpu_check.md").read_text()
     assert "| train | PASS |" in md and "all stages passed" in md and "Dry run" in md and "## fid: PASS" in md
-    # the device calls the bundle plans fit the device tool, and call 1's piece came through the staging folder
-    manifest = json.loads((root / "bundle" / "main" / "manifest.json").read_text())
-    assert len(manifest["calls"]) == 2 and all(c["bytes"] <= gpu_common.LIMIT_BYTES for c in manifest["calls"])
-    assert "device call 2" in bundle.stdout and "of 64.0 MiB (ok)" in bundle.stdout
+    # the copies the bundle plans fit the budget, and copy 1's piece came through the staging folder
+    manifest = json.loads((root / "bundle" / "kit" / "manifest.json").read_text())
+    assert len(manifest["copies"]) == 2 and all(c["bytes"] <= BUDGET for c in manifest["copies"])
+    assert "copy 2: the repository + .gpu_bundle/{kit,piece2}" in made.stdout and "of 64.0 MiB (ok)" in made.stdout
     assert stages["weights"]["details"]["sources"][0].startswith(str(root / "staging"))
     # training was stopped by SIGINT at its time budget and ddpmkit saved a checkpoint
     train = stages["train"]["details"]
     assert train["stopped_by_sigint"] and train["exit"] == 130 and len(train["curve"]) >= 3
     assert stages["pack"]["details"]["pixels_sha256"] == manifest["pack"]["pixels_sha256"]
     fids = [r["fid"] for r in stages["fid"]["details"]["runs"]]
-    assert len(fids) == 1 and np.isfinite(fids[0])  # the dry run scores the first sampler only
+    assert len(fids) == 1 and np.isfinite(fids[0])
     rows = {r["what"]: r for r in stages["bench_eager"]["details"]["rows"]}
     assert rows["training MFU (eager)"]["ddpmkit"] > 0 and rows["parameters"]["ddpmkit"] == rows["parameters"]["diffusers"]
-    for label in ("ddim5", "dpmsolverpp4"):
-        assert (out / f"samples_{label}.png").is_file()
-    assert (out / "gpu_check.log").is_file()
+    profile = stages["profile"]["details"]["profile"]
+    assert profile["train"]["conv_floor_ms"] > 0 and profile["sample"]["groups"]["convolution"] > 0
+    assert "## profile: PASS" in md and "convolution floor" in md
+    assert (out / "samples_dpmsolverpp4.png").is_file() and (out / "gpu_check.log").is_file()
+    # the stages print what they measure as it comes, not only at their end
+    assert check.stdout.index("convolution floor") < check.stdout.index("[gpu_check] profile: PASS")
 
 
 @pytest.mark.shared_celeba
@@ -100,8 +109,8 @@ def test_the_dry_run_passes_every_stage_and_reports_it(dry_run):
 def test_a_missing_reference_file_fails_loudly(dry_run):
     root, _, _ = dry_run
     broken = root / "broken"
-    shutil.copytree(root / "bundle" / "main", broken / "main")
-    (broken / "main" / gpu_common.REF_STATS).unlink()
+    shutil.copytree(root / "bundle" / "kit", broken / "kit")
+    (broken / "kit" / kit.REF_STATS).unlink()
     r = _script("gpu_check.sh", _env(root, DDPMKIT_GPU_BUNDLE=str(broken), OUT=str(root / "out_broken")), "--stages", "bundle,fid")
     assert r.returncode != 0
     stages = _stages(root / "out_broken")
@@ -122,33 +131,48 @@ def test_no_tests_marked_cuda_is_a_failure_not_a_pass(dry_run, tmp_path):
     assert pytest_stage["status"] == "FAIL" and "no tests marked cuda" in pytest_stage["summary"]
 
 
+def test_the_kit_speaks_of_no_particular_transfer_tool():
+    words = re.compile(r"device call|\blent\b|4 KiB|charged|device tool", re.IGNORECASE)
+    for path in [*sorted((REPO / "gpukit").glob("*.py")), *sorted((REPO / "scripts").glob("gpu_*.sh")),
+                 REPO / "docs" / "offline-gpu-kit.md"]:
+        assert not words.search(path.read_text()), f"{path}: {words.search(path.read_text())}"
+
+
 def test_reference_statistics_travel_exactly_in_half_the_bytes(tmp_path):
     rng = np.random.default_rng(0)
     feats = rng.normal(size=(40, 16))
     mu, sigma = feats.mean(0), np.cov(feats, rowvar=False)
     np.savez(tmp_path / "full.npz", mu=mu, sigma=sigma, count=np.int64(40))
-    gpu_common.pack_stats(tmp_path / "full.npz", tmp_path / "packed.npz", {"images": 40})
-    assert gpu_common.unpack_stats(tmp_path / "packed.npz", tmp_path / "back.npz") == 40
+    kit.pack_stats(tmp_path / "full.npz", tmp_path / "packed.npz", {"images": 40})
+    assert kit.unpack_stats(tmp_path / "packed.npz", tmp_path / "back.npz") == 40
     with np.load(tmp_path / "back.npz") as f:
         assert np.array_equal(f["mu"], mu) and np.array_equal(f["sigma"], sigma)
     with np.load(tmp_path / "packed.npz") as f:
         assert f["sigma_triu"].size == 16 * 17 // 2
 
 
-def test_the_weights_are_cut_to_fill_the_first_calls_and_leave_room_in_the_last():
-    import gpu_bundle
-
+def test_under_a_budget_the_weights_fill_copies_of_their_own_and_leave_room_in_the_last():
     mib = 2**20
-    room = gpu_common.LIMIT_BYTES - gpu_common.MARGIN_BYTES - 1 * mib
-    sizes = gpu_bundle.plan_parts(92 * mib, 1 * mib, 25 * mib, 4 * mib)
+    room = BUDGET - kit.MARGIN_BYTES - 1 * mib
+    sizes = gpu_bundle.plan_parts(92 * mib, BUDGET, 1 * mib, 20 * mib, 4 * mib)
     assert sizes == [room, 92 * mib - room] and sum(sizes) == 92 * mib
-    assert gpu_bundle.plan_parts(10 * mib, 1 * mib, 25 * mib, 4 * mib) == [10 * mib]  # one call is enough
-    assert len(gpu_bundle.plan_parts(200 * mib, 1 * mib, 25 * mib, 4 * mib)) == 4
-    # the 2026-11-29 bundle: the second piece does not fit beside main/ and the pack, so a third call is planned
-    sizes = gpu_bundle.plan_parts(95_743_191, int(3.5 * mib), 25 * mib, 5 * mib)
-    room = gpu_common.LIMIT_BYTES - gpu_common.MARGIN_BYTES - int(3.5 * mib)
+    assert gpu_bundle.plan_parts(10 * mib, BUDGET, 1 * mib, 25 * mib, 4 * mib) == [10 * mib]  # one copy is enough
+    assert len(gpu_bundle.plan_parts(200 * mib, BUDGET, 1 * mib, 25 * mib, 4 * mib)) == 4
+    # the second piece does not fit beside kit/ and the pack: a third copy is planned
+    sizes = gpu_bundle.plan_parts(95_743_191, BUDGET, int(3.5 * mib), 25 * mib, 5 * mib)
+    room = BUDGET - kit.MARGIN_BYTES - int(3.5 * mib)
     assert len(sizes) == 3 and sum(sizes) == 95_743_191 and max(sizes) <= room
     assert sizes[-1] <= room - 25 * mib - 5 * mib
+
+
+def test_without_a_budget_the_weights_travel_whole_in_the_kit(tmp_path):
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(os.urandom(4096))
+    (tmp_path / "b" / kit.KIT).mkdir(parents=True)
+    parts, room = gpu_bundle.place_weights(weights, tmp_path / "b", None, 10**6, 10**6, kit.TINY)
+    assert parts == [] and room is None
+    assert (tmp_path / "b" / kit.KIT / kit.WEIGHTS_NAME).read_bytes() == weights.read_bytes()
+    assert kit.parse_bytes("64MiB") == 64 * 2**20 and kit.parse_bytes("1.5GB") == 1_500_000_000 and kit.parse_bytes("10") == 10
 
 
 @pytest.mark.cuda

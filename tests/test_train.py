@@ -238,7 +238,8 @@ def test_the_plan_line_and_run_json_hold_the_planned_length(tmp_path):
     train(tiny(tmp_path / "run", train={"max_steps": 2}), log=messages.append, progress=False)
     plan = next(m for m in messages if m.startswith("training "))
     assert plan == ("training 0.18M parameters, preset demo · data: generated faces, 16x16 px, 64 images · "
-                    "batch 16 · 2 steps (0.5 epochs) · device cpu")
+                    "batch 16 · 2 steps (0.5 epochs) · device cpu · precision fp32 (auto: cpu) · "
+                    "compile off (auto: does not repay on a cpu)")
     info = tmp_path / "run" / "run.json"
     assert json.loads(info.read_text())["total_steps"] == 2
     messages.clear()

@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 
 from ddpmkit.errors import DdpmkitError
+from ddpmkit.precision import resolve_precision
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -30,13 +31,13 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA for 'auto' and 'bf16'; on the CPU only for 'bf16' ('auto' stays fp32
-    there: CPU bf16 is slow and lossy); fp32 on every other device and for 'fp32'."""
-    if device.type == "cuda" and precision in ("auto", "bf16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if precision == "bf16" and device.type == "cpu":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """Autocast to the dtype `precision` (auto, bf16, fp16, fp32) resolves to on `device`
+    (`precision.resolve_precision`: auto is bf16 or fp16 on CUDA by the card, fp32 elsewhere);
+    no autocast for fp32."""
+    choice = resolve_precision(precision, device)
+    if not choice.mixed:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=choice.dtype)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,13 @@ class DistInfo:
         if self.joined():
             torch.distributed.destroy_process_group()
 
+    def shard(self, n: int) -> tuple[int, int]:
+        """This process's contiguous share of n items (sampling, FID): (first index, count); the
+        first n % world_size ranks take one more."""
+        base, extra = divmod(n, self.world_size)
+        first = self.rank * base + min(self.rank, extra)
+        return first, base + (self.rank < extra)
+
     # ------------------------------------------------------------------ collectives
 
     def barrier(self) -> None:
@@ -104,6 +112,27 @@ class DistInfo:
         t = torch.tensor(values, dtype=torch.float64, device=self._collective_device())
         torch.distributed.broadcast(t, src=0)
         return t.tolist()
+
+    def all_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """The element-wise sum of `x` over the ranks (a new tensor on x's device)."""
+        if not self.enabled:
+            return x
+        y = x.to(self._collective_device(), copy=True)
+        torch.distributed.all_reduce(y)
+        return y.to(x.device)
+
+    def gather_rows(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """Every rank's rows of `x` (this rank's `shard(n)` of n rows, (count, ...)) in rank order:
+        (n, ...), on every rank."""
+        if not self.enabled:
+            return x
+        counts = [DistInfo(r, self.world_size).shard(n)[1] for r in range(self.world_size)]
+        dev = self._collective_device()
+        padded = torch.zeros((max(counts), *x.shape[1:]), dtype=x.dtype, device=dev)
+        padded[: len(x)] = x
+        parts = [torch.empty_like(padded) for _ in counts]
+        torch.distributed.all_gather(parts, padded)
+        return torch.cat([p[:c] for p, c in zip(parts, counts)]).to(x.device)
 
     def any_rank(self, flag: bool) -> bool:
         """True on every rank when `flag` is True on at least one."""

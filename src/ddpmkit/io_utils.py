@@ -17,7 +17,7 @@ makes sure it still is (an embedding application or a library may have restored 
 so such a write fails with EFBIG and is reported like any other.
 
 Also here: `remove_leftovers` (what killed writers left), `read_text_lines` (UTF-8 text files
-users edit, with the line of a bad byte in the error).
+users edit, with the line of a bad byte in the error), `user_cache_dir` (the user's cache folder).
 """
 
 from __future__ import annotations
@@ -40,6 +40,13 @@ try:
     from safetensors import SafetensorError
 except ImportError:  # pragma: no cover - safetensors is a dependency; keep io_utils importable alone
     SafetensorError = OSError  # type: ignore[misc,assignment]
+
+def user_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/ddpmkit, or ~/.cache/ddpmkit when XDG_CACHE_HOME is unset or relative."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / "ddpmkit"
+
 
 _HINTS = {
     errno.ENOSPC: "free some space",

@@ -138,15 +138,17 @@ def default_is(text: str) -> str:
     return escape(f"[default: {text}]")
 
 
-def open_run(run: Optional[Path], asked: "Settings", no_ema: bool) -> tuple["OpenRun", bool]:
-    """RUN (else the newest run under runs/ with a checkpoint) opened for sampling on the asked
-    device; `asked` describes foreign weights. Returns (the run, whether it was the newest)."""
+def open_run(run: Optional[Path], asked: "Settings", no_ema: bool, device: Any = None) -> tuple["OpenRun", bool]:
+    """RUN (else the newest run under runs/ with a checkpoint) opened for sampling on `device`
+    (default: the asked train.device); `asked` describes foreign weights. Returns (the run,
+    whether it was the newest)."""
     # lazy: torch and the model code load when a command runs, not for `ddpmkit --help`
     from ddpmkit.device import resolve_device
     from ddpmkit.generate import load_run
 
     path = run if run is not None else newest_run(need_checkpoint=True)
-    return load_run(path, resolve_device(asked.train.device), ema=not no_ema, fallback_settings=asked), run is None
+    dev = device if device is not None else resolve_device(asked.train.device)
+    return load_run(path, dev, ema=not no_ema, fallback_settings=asked), run is None
 
 
 def say_which_run(run: "OpenRun", newest: bool, doing: str) -> None:

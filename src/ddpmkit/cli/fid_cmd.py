@@ -106,10 +106,11 @@ def _source_stats(source, ex, cache_dir: Path, what: str):
     return stats, desc, colour
 
 
-def _generated_stats(path: Path, asked: Settings, ex, dev, config, sets, opts: dict[str, Any]):
-    """Statistics of n samples from a checkpoint; returns (stats, description, its settings, colour)."""
+def _generated_stats(path: Path, asked: Settings, ex, dev, config, sets, opts: dict[str, Any], dist):
+    """Statistics of n samples from a checkpoint; returns (stats, description, its settings, colour).
+    Under torchrun each process samples its share and every process gets the statistics of all."""
     # lazy: torch and the model code load for the work, not for `ddpmkit --help`
-    from ddpmkit.fid import ColourAccumulator
+    from ddpmkit.fid import ColourAccumulator, gathered_stats
     from ddpmkit.generate import generate, load_run
     from ddpmkit.images import to_uint8
     from ddpmkit.samplers import make_sampler
@@ -119,22 +120,26 @@ def _generated_stats(path: Path, asked: Settings, ex, dev, config, sets, opts: d
     cfg = resolve_sample_config(settings.sample, settings.diffusion.timesteps, config, sets, opts)
     sampler = make_sampler(run.sched, cfg)
     n, calls = asked.fid.n, len(sampler.timesteps)
+    first, count = dist.shard(n)
     warn_if_few(n, "SOURCE")
-    eps = run.denoiser.eps()
+    fast = run.for_sampling(cfg, log=lambda m: console.print(m, markup=False))
+    eps = fast.denoiser.eps()
     what = f"sampling {n:,} images ({cfg.sampler}, {calls} steps, on {dev}) for their Inception features"
-    with _progress(what, n) as bar:
+    with _progress(what, count) as bar:
 
         def counted_eps(x, t):  # each network call is 1/calls of a batch's work
             e = eps(x, t)
             bar.advance(x.shape[0] / calls)
             return e
 
-        images = generate(counted_eps, sampler, n, run.shape, seed=cfg.seed, batch_size=cfg.batch_size, device=dev)
+        images = generate(counted_eps, sampler, count, run.shape, seed=cfg.seed,
+                          batch_size=fast.batch_size(cfg.batch_size, count), device=dev, first=first)
         colour = ColourAccumulator()
-        stats = ex.stats(colour.tap((to_uint8(x) for x in images), n))
+        feats = ex.features(colour.tap((to_uint8(x) for x in images), count))
+        stats, colour = gathered_stats(feats, colour, n, dist)
     desc = {"kind": "checkpoint", "path": str(path), "sampler": cfg.sampler, "steps": cfg.steps, "eta": cfg.eta,
             "seed": cfg.seed, "checkpoint_step": run.step, "x0": sampler.x0}
-    return stats, desc, settings, colour.result()
+    return stats, desc, settings, colour
 
 
 def _table(result: dict[str, Any]) -> Table:
@@ -210,17 +215,27 @@ def fid(
     options = {"--n": ("fid.n", n), "--batch-size": ("fid.batch_size", batch_size), "--device": ("train.device", device)}
     asked = settings_with_options(config, preset, sets, options)
     # lazy, and after the checks above: torch loads for the work, not for --help or a typo
-    from ddpmkit.device import resolve_device
-    from ddpmkit.fid import FidExtractor, frechet_distance, kid_of
+    from ddpmkit.cli.torchrun import processes
+
+    sample_opts = {"sampler": sampler, "steps": steps, "seed": seed, "batch_size": batch_size}
+    with processes(asked.train.device) as (dist, dev):
+        _fid(source, reference, n, asked, dev, dist, (config, sets, sample_opts), out_json, start)
+
+
+def _fid(source: Path, reference: Optional[Path], n: Optional[int], asked: Settings, dev: Any, dist: Any,
+         sampling: tuple, out_json: Optional[Path], start: float) -> None:
+    """`fid` in one process of `dist` (torchrun: each samples its share of a checkpoint's images;
+    process 0 does the rest), on device `dev`."""
+    from ddpmkit.fid import FidExtractor, frechet_distance, kid_of  # lazy, as in fid()
     from ddpmkit.fid.colour import compare
 
-    dev = resolve_device(asked.train.device)
     f = asked.fid
     ex = FidExtractor(f.weights, dev, f.batch_size, f.verify_weights)
     stats_dir = Path(asked.data.cache_dir) / "fid"
-    sample_opts = {"sampler": sampler, "steps": steps, "seed": seed, "batch_size": batch_size}
-    src_stats, src_desc, ref_settings, src_colour = _source_side(source, n, asked, ex, dev, stats_dir,
-                                                                 (config, sets, sample_opts))
+    side = _source_side(source, n, asked, ex, dev, stats_dir, sampling, dist)
+    if not dist.is_main:  # its share of the samples is with process 0
+        return
+    src_stats, src_desc, ref_settings, src_colour = side
     ref_stats, ref_desc, ref_colour = _reference_side(reference, ref_settings, f, ex, stats_dir)
     kid = kid_of(src_stats, ref_stats)  # None when a side is a .npz of statistics
     result: dict[str, Any] = {
@@ -241,17 +256,20 @@ def fid(
         console.print(f"wrote {out_json}", markup=False, highlight=False, soft_wrap=True)
 
 
-def _source_side(source: Path, n: Optional[int], asked: Settings, ex, dev, stats_dir: Path, sampling: tuple):
+def _source_side(source: Path, n: Optional[int], asked: Settings, ex, dev, stats_dir: Path, sampling: tuple, dist):
     """(stats, description, settings of the data to compare with, colour or None) for SOURCE: a stats
-    file or images as they are, else a checkpoint's samples (then the settings are the checkpoint's)."""
+    file or images as they are, else a checkpoint's samples (then the settings are the checkpoint's).
+    Under torchrun only a checkpoint's samples are shared out; other sources are process 0's (None elsewhere)."""
     is_stats_or_images = (source.is_file() and source.suffix == ".npz") or (
         source.is_dir() and _image_source(source, asked.data.split, None) is not None
     )
     if is_stats_or_images:
+        if not dist.is_main:
+            return None
         stats, desc, colour = _stats_of(source, asked.data.split, n, ex, stats_dir, "SOURCE")
         return stats, desc, asked, colour
     config, sets, sample_opts = sampling
-    return _generated_stats(source, asked, ex, dev, config, sets, sample_opts)
+    return _generated_stats(source, asked, ex, dev, config, sets, sample_opts, dist)
 
 
 def _reference_side(reference: Optional[Path], ref_settings: Settings, f, ex, stats_dir: Path):

@@ -88,7 +88,7 @@ def inpaint(
                   markup=False, soft_wrap=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    filled = draw_fills(opened, repaint, face, n=n, seed=seed, batch_size=batch_size or opened.settings.sample.batch_size,
+    filled = draw_fills(opened, repaint, face, n=n, seed=seed, batch_size=opened.batch_size(batch_size or opened.settings.sample.batch_size, n),
                         out_dir=out_dir, gif=gif, progress=progress)
     ip.write_pictures(out_dir, face, filled)
     files = "grid.png, fills/, input.png, mask.png" + (", denoise.gif" if gif else "")

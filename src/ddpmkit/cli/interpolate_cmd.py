@@ -178,11 +178,12 @@ def run_walk(run: "OpenRun", cfg: Any, ends: list[Any], frames: int, refine: int
 
     from_images = not isinstance(ends[0], int)
     smp = walk_sampler(run, cfg, from_images)
-    total = walk_calls(smp, frames, cfg.batch_size, from_images, refine)
+    batch = run.batch_size(cfg.batch_size, frames)
+    total = walk_calls(smp, frames, batch, from_images, refine)
     # as a context manager, piped, the bar ends with a line of the final count
     with Progress("interpolate", total, mode="auto" if progress else "off", console=console,
                   info="inverting the images" if from_images else f"decoding 0/{frames} frames") as bar:
-        return walk(run, smp, ends, frames, cfg.batch_size, refine=refine,
+        return walk(run, smp, ends, frames, batch, refine=refine,
                     eps_wrap=lambda eps: counted(eps, lambda calls: (bar.update(calls), bar.line())),
                     on_batch=lambda done: bar.update(bar.done, f"decoding {done}/{frames} frames"))
 

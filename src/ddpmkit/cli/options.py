@@ -42,7 +42,7 @@ SETTING_OPTIONS = {
     "--split": "data.split", "--cache-dir": "data.cache_dir", "--workers": "data.workers",
     "--epochs": "train.epochs", "--max-steps": "train.max_steps", "--lr": "train.lr", "--run-dir": "train.run_dir",
     "--device": "train.device", "--compile": "train.compile", "--condition": "train.condition",
-    "--time": "train.time_budget",
+    "--time": "train.time_budget", "--precision": "train.precision",
     "--n": "{own}.n", "--seed": "{own}.seed", "--batch-size": "{own}.batch_size", "--sampler": "sample.sampler",
     "--steps": "sample.steps", "--eta": "sample.eta",
 }

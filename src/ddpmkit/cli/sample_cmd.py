@@ -68,44 +68,66 @@ def sample(
     Conditional run: ddpmkit sample RUN --attr Smiling --attr Eyeglasses --attr -Male --guidance 3
     """
     # lazy: torch and the model code load when the command runs, not for `ddpmkit --help`
-    from ddpmkit.samplers import make_sampler
+    from ddpmkit.cli.torchrun import processes
 
-    opened, newest = open_run(run, resolve_settings(config, preset, sets, {"train": {"device": device}}), no_ema)
-    settings = opened.settings
-    options = {"n": n, "seed": seed, "sampler": sampler, "steps": steps, "eta": eta, "batch_size": batch_size}
-    cfg = resolve_sample_config(settings.sample, settings.diffusion.timesteps, config, sets, options)
-    check_options(cfg, scale)
-    cond, w, wanted = asked_condition(settings.model.cond_dim, settings.model.cond_names, attr or [], guidance)
+    asked = resolve_settings(config, preset, sets, {"train": {"device": device}})
+    with processes(asked.train.device) as (dist, dev):
+        opened, newest = open_run(run, asked, no_ema, dev)
+        options = {"n": n, "seed": seed, "sampler": sampler, "steps": steps, "eta": eta, "batch_size": batch_size}
+        cfg = resolve_sample_config(opened.settings.sample, opened.settings.diffusion.timesteps, config, sets, options)
+        check_options(cfg, scale)
+        _sample(opened, newest, cfg, dist, gif=gif, scale=scale, out=out, force=force, progress=progress, attr=attr,
+                guidance=guidance)
+
+
+def _sample(opened: "OpenRun", newest: bool, cfg: "SampleConfig", dist: Any, *, gif: bool, scale: Optional[int],
+            out: Optional[Path], force: bool, progress: bool, attr: Optional[list[str]],
+            guidance: Optional[float]) -> None:
+    """`sample` in one process of `dist` (all of it without torchrun): its share of the images."""
+    from ddpmkit.samplers import make_sampler  # lazy, as in sample()
+
+    m = opened.settings.model
+    cond, w, wanted = asked_condition(m.cond_dim, m.cond_names, attr or [], guidance)
     smp = make_sampler(opened.sched, cfg)
     out_dir = output_folder(out, force, cfg.out_dir / f"{opened.label}-{cfg.sampler}{cfg.steps}-seed{cfg.seed}{wanted}")
+    dist.barrier()  # every process named the folder before any makes it
     # everything is checked: from here on, output
     say_which_run(opened, newest, "sampling from")
+    where = f"on {opened.denoiser.device}" + (f" x {dist.world_size} processes" if dist.enabled else "")
     console.print(f"sampling {cfg.n:,} images{' (' + wanted[1:] + ')' if wanted else ''} with {cfg.sampler} "
-                  f"({cfg.steps} steps) on {opened.denoiser.device} from step {opened.step:,} into {out_dir}",
-                  markup=False)
+                  f"({cfg.steps} steps) {where} from step {opened.step:,} into {out_dir}", markup=False)
     out_dir.mkdir(parents=True, exist_ok=True)
-    writer = SampleWriter(out_dir, cfg.n, scale)
-    draw(opened, smp, cfg, writer, gif=gif, progress=progress, cond=cond, guidance=w)
+    first, count = dist.shard(cfg.n)
+    writer = SampleWriter(out_dir, cfg.n, scale, start=first, grid=dist.is_main)
+    fast = opened.for_sampling(cfg, log=lambda line: console.print(line, markup=False))
+    draw(fast, smp, cfg, writer, gif=gif and dist.is_main, progress=progress, cond=cond, guidance=w,
+         share=(first, count))
+    dist.barrier()  # every process has written its images
+    if dist.enabled and dist.is_main:
+        writer.regrid()
     files = "grid.png, images/" + (", denoise.gif" if gif else "")
     console.print(f"wrote {cfg.n:,} images in {time.perf_counter() - writer.t0:.1f}s to {out_dir} ({files})",
                   markup=False, soft_wrap=True)
 
 
 def draw(run: "OpenRun", smp: Any, cfg: "SampleConfig", writer: "SampleWriter", *, gif: bool, progress: bool,
-         cond: Optional["Tensor"] = None, guidance: float = 1.0) -> None:
+         cond: Optional["Tensor"] = None, guidance: float = 1.0, share: Optional[tuple[int, int]] = None) -> None:
     """Sample cfg.n images batch by batch into `writer`, with progress; Ctrl-C keeps what is written.
-    cond: (K,) attributes for a conditional model, guided with weight `guidance` (None: unconditional)."""
+    cond: (K,) attributes for a conditional model, guided with weight `guidance` (None: unconditional).
+    share: (first index, count) of this process's images (torchrun); default all cfg.n."""
     # lazy, as in sample(): torch loads when the command runs, not for `ddpmkit --help`
     from ddpmkit.generate import generate
     from ddpmkit.pictures import DenoiseRecorder
 
-    n_batches = -(-cfg.n // cfg.batch_size)
+    first, count = share or (0, cfg.n)
+    batch = run.batch_size(cfg.batch_size, count, calls=2 if cond is not None and guidance not in (0, 1) else 1)
+    n_batches = -(-count // batch)
     bar = Progress("sample", n_batches * len(smp.timesteps), mode="auto" if progress else "off", console=console,
-                   info=f"images 0/{cfg.n:,}")
+                   info=f"images 0/{count:,}")
     recorder = DenoiseRecorder(smp.timesteps.tolist(), run.sched.alphas_cumprod, cfg.gif_frames) if gif else None
     eps = counted(run.denoiser.eps(cond, guidance), lambda calls: writer.report(bar, calls))
-    batches = generate(eps, smp, cfg.n, run.shape, seed=cfg.seed, batch_size=cfg.batch_size,
-                       device=run.denoiser.device, callback=recorder)
+    batches = generate(eps, smp, count, run.shape, seed=cfg.seed, batch_size=batch, device=run.denoiser.device,
+                       callback=recorder, first=first)
     try:
         writer.write_all(batches, recorder, bar)
     except KeyboardInterrupt:
@@ -151,8 +173,10 @@ class SampleWriter:
     """Writes each batch as it comes: images/sample_NNNNN.png, grid.png of the first images,
     and (after the first batch) the denoising GIF."""
 
-    def __init__(self, out_dir: Path, n: int, scale: Optional[int]) -> None:
-        self.out_dir, self.n, self.scale = out_dir, n, scale
+    def __init__(self, out_dir: Path, n: int, scale: Optional[int], start: int = 0, grid: bool = True) -> None:
+        """n: images of the whole command; start: this writer's first image index (torchrun: its
+        process's share); grid: whether it writes grid.png (the process holding the first images)."""
+        self.out_dir, self.n, self.scale, self.start, self.grid = out_dir, n, scale, start, grid
         self.digits = max(5, len(str(n - 1)))  # one width for all names, so they sort in order
         self.done = 0
         self.first: list[Any] = []  # the first GRID_MAX images, (b, 3, H, W) tensors
@@ -175,6 +199,15 @@ class SampleWriter:
                 recorder.save(self.out_dir / "denoise.gif")
             self.report(bar, bar.done, force=True)
 
+    def regrid(self) -> None:
+        """grid.png again from the first images on disk: under torchrun, other processes' too."""
+        import torch  # lazy, as in sample()
+
+        from ddpmkit.images import load_image, save_grid
+
+        files = sorted((self.out_dir / "images").glob("sample_*.png"))[:GRID_MAX]
+        save_grid(torch.cat([load_image(f) for f in files]), self.out_dir / "grid.png", scale=self.scale)
+
     def write(self, x: "Tensor") -> None:
         """x: (b, 3, H, W) in [-1, 1], the next b images."""
         # lazy, as in sample(): torch loads when the command runs, not for `ddpmkit --help`
@@ -185,9 +218,9 @@ class SampleWriter:
         (self.out_dir / "images").mkdir(exist_ok=True)
         for j, img in enumerate(to_uint8(x)):
             pil = Image.fromarray(img.permute(1, 2, 0).contiguous().numpy())
-            save_png(pil, self.out_dir / "images" / f"sample_{self.done + j:0{self.digits}d}.png")
+            save_png(pil, self.out_dir / "images" / f"sample_{self.start + self.done + j:0{self.digits}d}.png")
         have = sum(len(b) for b in self.first)
-        if have < GRID_MAX:
+        if self.grid and have < GRID_MAX:
             import torch  # lazy: see above
 
             self.first.append(x[: GRID_MAX - have])

@@ -39,7 +39,8 @@ def train(
     data_root: Annotated[Optional[Path], typer.Option("--data-root", help=from_preset("CelebA root or image folder (env DDPMKIT_DATA_ROOT).", "data.root"))] = None,
     device: Annotated[Optional[str], typer.Option(help=from_preset("auto, cpu, cuda, cuda:N or mps.", "train.device"))] = None,
     seed: Annotated[Optional[int], typer.Option(help=from_preset("Seed for weights, data order and noise.", "train.seed"))] = None,
-    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", metavar="", help=from_preset("torch.compile the network.", "train.compile"))] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", metavar="", help=from_preset("torch.compile the network (auto: on for CUDA; a failed compile falls back to eager).", "train.compile"))] = None,  # noqa: E501
+    precision: Annotated[Optional[str], typer.Option("--precision", metavar="auto|bf16|fp16|fp32", help=from_preset("Mixed precision: auto = bf16 on CUDA cards with native bf16 (compute capability >= 8.0), fp16 with loss scaling on older ones, fp32 on CPU/MPS.", "train.precision"))] = None,  # noqa: E501
     condition: Annotated[Optional[str], typer.Option("--condition", help=from_preset("none, or attributes: condition on the data's binary attributes (CelebA's 40 from prepare, the demo faces' 11) with condition dropout train.p_uncond, for `sample --attr ... --guidance W`.", "train.condition"))] = None,  # noqa: E501
     resume: Annotated[bool, typer.Option("--resume", metavar="", help="Continue the run in --run-dir from its last checkpoint.")] = False,
     replan: Annotated[bool, typer.Option("--replan", metavar="", help="With --resume, for a run with a time budget: fit the rest of the run to --time (or its train.time_budget) from now, instead of keeping its planned steps.")] = False,  # noqa: E501
@@ -69,6 +70,7 @@ def train(
             "device": device,
             "seed": seed,
             "compile": compile,
+            "precision": precision,
             "condition": condition,
         },
         "data": {"root": str(data_root) if data_root else None, "size": size, "dataset": dataset},

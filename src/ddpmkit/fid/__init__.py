@@ -15,6 +15,7 @@ from __future__ import annotations
 from ddpmkit.fid.colour import ColourAccumulator, ColourStats, colour_stats, source_colour
 from ddpmkit.fid.extractor import FidExtractor
 from ddpmkit.fid.kid import Kid, kernel_inception_distance, kid_of
+from ddpmkit.fid.gather import gathered_stats
 from ddpmkit.fid.monitor import FidMonitor
 from ddpmkit.fid.sources import (
     ImageSource,
@@ -31,7 +32,7 @@ from ddpmkit.fid.weights import hub_weights_path, resolve_weights
 
 __all__ = [
     "ColourAccumulator", "ColourStats", "colour_stats", "source_colour",
-    "FidExtractor", "FidMonitor", "FidStats", "Kid", "kernel_inception_distance", "kid_of", "ImageSource", "cache_source", "cached_stats", "default_reference",
-    "find_prepared_cache", "folder_source", "frechet_distance", "is_image_folder", "is_prepared_cache",
-    "hub_weights_path", "resolve_weights", "synthetic_source",
+    "FidExtractor", "FidMonitor", "FidStats", "Kid", "kernel_inception_distance", "kid_of", "ImageSource",
+    "cache_source", "cached_stats", "default_reference", "find_prepared_cache", "folder_source", "frechet_distance",
+    "gathered_stats", "hub_weights_path", "is_image_folder", "is_prepared_cache", "resolve_weights", "synthetic_source",
 ]

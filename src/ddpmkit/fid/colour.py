@@ -108,6 +108,18 @@ class ColourAccumulator:
             if limit is not None and self.n >= limit:
                 return
 
+    def sums(self) -> np.ndarray:
+        """Everything counted, as one int64 vector (n, values, then the per-channel sums): what
+        processes add up to count their images together (`from_sums`)."""
+        return np.array([self.n, self.values, *self.total, *self.total_sq, *self.at_edge], dtype=np.int64)
+
+    @classmethod
+    def from_sums(cls, sums: np.ndarray) -> "ColourAccumulator":
+        acc = cls()
+        acc.n, acc.values = int(sums[0]), int(sums[1])
+        acc.total, acc.total_sq, acc.at_edge = (np.array(sums[i : i + 3], dtype=np.int64) for i in (2, 5, 8))
+        return acc
+
     def result(self) -> ColourStats:
         if self.values == 0:
             raise DdpmkitError("colour statistics of no images")

@@ -59,6 +59,11 @@ def plan_section(run: RunData) -> Section:
         ("images seen", f"{step * train['batch_size']:,}" if isinstance(train.get("batch_size"), int) else "?"),
         ("device", f"{info.get('device', '?')}" + (f" x {info['world_size']}" if info.get("world_size", 1) != 1 else "")),
     ]
+    if info.get("precision"):
+        rows.append(("precision", f"{info['precision']}" + (", compiled" if info.get("compile") else "")))
+    skipped = [r["skipped_steps"] for r in log if isinstance(r.get("skipped_steps"), int)]
+    if skipped:  # fp16: steps the loss scaler skipped because their gradients overflowed
+        rows.append(("skipped steps (fp16 overflow)", f"{sum(skipped):,}"))
     if len(log) >= 2 and all(isinstance(r.get("time"), (int, float)) for r in (log[0], log[-1])):
         rows.append(("training time (logged)", fmt_duration(log[-1]["time"] - log[0]["time"])))
     if log:

@@ -28,6 +28,7 @@ from ddpmkit.settings.build import (
 )
 from ddpmkit.settings.sections import (
     DATA_ROOT_ENV,
+    DEFAULT_SAMPLE_BATCH,
     FID_WEIGHTS_ENV,
     GROUPNORM_EPS,
     MASK_NAMES,
@@ -35,17 +36,19 @@ from ddpmkit.settings.sections import (
     REPAINT_JUMP,
     REPAINT_RESAMPLE,
     REPAINT_STEPS,
+    CompileChoice,
     DataConfig,
     DiffusionConfig,
     FidConfig,
     ModelConfig,
+    Precision,
     SampleConfig,
     TrainConfig,
     check_unet_shape,
 )
 
 __all__ = [
-    "DATA_ROOT_ENV", "DEFAULT_PRESET", "FID_WEIGHTS_ENV", "GROUPNORM_EPS", "MASK_NAMES", "MAX_SEED", "PRESET_DIR", "PRESET_MACHINE",
+    "DATA_ROOT_ENV", "DEFAULT_PRESET", "DEFAULT_SAMPLE_BATCH", "CompileChoice", "Precision", "FID_WEIGHTS_ENV", "GROUPNORM_EPS", "MASK_NAMES", "MAX_SEED", "PRESET_DIR", "PRESET_MACHINE",
     "REPAINT_JUMP", "REPAINT_RESAMPLE", "REPAINT_STEPS",
     "DataConfig", "DiffusionConfig", "FidConfig", "ModelConfig", "PresetInfo", "SampleConfig", "Settings",
     "TrainConfig", "available_presets", "build_settings", "check_unet_shape", "deep_merge",

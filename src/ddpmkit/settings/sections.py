@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -21,6 +21,12 @@ MAX_SEED = 2**63 - 1  # torch seeds are 64-bit; seed + rank offsets must stay be
 # (Lugmayr et al. 2022: 250 steps, jump length 10, 10 resamplings)
 MASK_NAMES = ("box", "left", "right", "top", "bottom", "eyes", "mouth", "random")
 REPAINT_STEPS, REPAINT_JUMP, REPAINT_RESAMPLE = 250, 10, 10
+DEFAULT_SAMPLE_BATCH = 64  # sample.batch_size None: this many off CUDA (CUDA: from free memory)
+
+# train.precision / sample.precision: auto = what the device does natively (precision.choose_precision)
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+# train.compile / sample.compile: auto = on for CUDA, off elsewhere (compiling.decide_compile)
+CompileChoice = Union[bool, Literal["auto"]]
 
 
 class _Section(BaseModel):
@@ -186,8 +192,18 @@ class TrainConfig(_Section):
         "0.10 is gamma 6.94"
     )
     seed: int = Field(0, ge=0, le=MAX_SEED)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    compile: bool = False
+    precision: Precision = Field(
+        "auto", description="autocast dtype: auto = bf16 on CUDA cards of compute capability >= 8.0, fp16 with "
+        "dynamic loss scaling on older CUDA cards, fp32 on the CPU and MPS"
+    )
+    compile: CompileChoice = Field(
+        "auto", description="torch.compile the network: auto = on for CUDA, off on the CPU (measured: it does "
+        "not repay its compile time there); a failed compile falls back to eager with one warning"
+    )
+    grad_accum: int = Field(
+        1, ge=1, description="micro-batches per optimizer step: each process runs batch_size/(processes x "
+        "grad_accum) images at a time; the optimizer, the learning-rate schedule and the EMA count steps"
+    )
     channels_last: bool = Field(True, description="channels_last memory format on CUDA")
     device: str = "auto"
     log_every: int = Field(50, ge=1)
@@ -251,11 +267,24 @@ class SampleConfig(_Section):
         "sampler's default, chosen by measurement (README: Samplers)",
     )
     n: int = Field(16, ge=1)
-    batch_size: int = Field(64, ge=1)
+    batch_size: Optional[int] = Field(
+        None, ge=1, description=f"images per batch; None = from free memory on CUDA, {DEFAULT_SAMPLE_BATCH} elsewhere"
+    )
     seed: int = Field(0, description="image i of seed s is the same for any n, batch size or device")
     use_ema: bool = True
     out_dir: Path = Path("outputs/samples")
     gif_frames: int = Field(40, ge=2)
+    precision: Precision = Field(
+        "auto", description="the sampling network's dtype (cast once, no autocast): auto as train.precision"
+    )
+    compile: CompileChoice = Field(
+        "auto", description="torch.compile the sampling network (sample, fid, the training-time FID): auto = on "
+        "for CUDA, off elsewhere"
+    )
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
+        "default", description="torch.compile mode when compiling: reduce-overhead adds CUDA graphs of the fixed "
+        "batch (one graph per batch shape)"
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -19,15 +19,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from ddpmkit.compiling import Compiled, decide_compile
 from ddpmkit.data.loader import ArrayLike, ImageBatches
 from ddpmkit.device import DistInfo, dist_from_env
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.fid import FidExtractor, FidMonitor, default_reference
 from ddpmkit.generate import Denoiser
 from ddpmkit.nn import count_parameters
+from ddpmkit.precision import resolve_precision
 from ddpmkit.progress import Mode
+from ddpmkit.sampling_network import SamplingNetwork
 from ddpmkit.schedule import NoiseSchedule
-from ddpmkit.settings import Settings, TrainConfig
+from ddpmkit.settings import SampleConfig, Settings, TrainConfig
 from ddpmkit.train.budget import Every, budgeted, length_rule
 from ddpmkit.train.data import describe_data, load_training_images, training_attributes
 from ddpmkit.train.guard import RunGuard
@@ -121,18 +124,34 @@ def build_trainer(
     tb = _tensorboard(tc.tensorboard, run_dir, main_log) if dist.is_main else None
     log_file = JsonlLogger(run_dir.log, tb) if dist.is_main else None
     periodic = _periodic(s, sched, state.ema.model, device, run_dir, log_file, main_log, dist.is_main, tb)
+    if dist.is_main and (periodic.preview or periodic.fid) and _fast_sampling(s.sample, device):
+        periodic.fast = SamplingNetwork(state.ema.model, device, s.sample, log=main_log, copy_weights=True)
     params = count_parameters(state.model)
     device_name = f"{device} x{dist.world_size} processes" if dist.enabled else str(device)
+    precision, compiling = resolve_precision(tc.precision, device), decide_compile(tc.compile, device.type)
     plan = Plan(s.preset, why, params, describe_data(data_info, s.data.split), tc.batch_size, 0, total,
                 total / max(1, len(batches)), device_name,
-                cpu_alternative(s.preset, s.data.dataset))
+                cpu_alternative(s.preset, s.data.dataset),
+                speed=speed_line(precision.describe(), compiling.describe(), tc, dist.world_size))
     run_info = {"device": str(device), "parameters": params, "world_size": dist.world_size,
-                "total_steps": total, "preset_choice": why, **data_info}
+                "total_steps": total, "preset_choice": why, "precision": precision.name,
+                "compile": compiling.on, **data_info}
     fit = TimedLength(tc.time_budget, started, Every(tc.ckpt_every, tc.sample_every, s.fid.every), replan,
                       main_log) if budgeted(tc) and tc.time_budget else None
-    return Trainer(state, batches, sched, tc, net=_network(state.model, tc, device, dist), total=total,
+    net, ddp = _network(state.model, device, dist, compiling.on, main_log)
+    return Trainer(state, batches, sched, tc, net=net, ddp=ddp, total=total,
                    run_dir=run_dir, run_info=run_info, plan=plan, dist=dist, periodic=periodic,
                    log_file=log_file, progress=progress, log=log, on_step=on_step, fix_length=fit)
+
+
+def speed_line(precision: str, compiling: str, tc: TrainConfig, world_size: int) -> str:
+    """The plan line's part on how the steps run: precision, compile, micro-batches when accumulating."""
+    parts = [f"precision {precision}", compiling]
+    if tc.grad_accum > 1:
+        micro = tc.batch_size // (world_size * tc.grad_accum)
+        per = f" per process x {world_size} processes" if world_size > 1 else ""
+        parts.append(f"micro-batch {micro} x {tc.grad_accum} accumulated{per} = effective batch {tc.batch_size}")
+    return " · ".join(parts)
 
 
 def check_settings(settings: Settings, world_size: int) -> None:
@@ -144,6 +163,9 @@ def check_settings(settings: Settings, world_size: int) -> None:
                            "(train.time_budget / train.epochs / train.max_steps)")
     if tc.batch_size % world_size:
         raise DdpmkitError(f"train.batch_size {tc.batch_size} is not divisible by the {world_size} processes")
+    if tc.batch_size % (world_size * tc.grad_accum):
+        raise DdpmkitError(f"train.batch_size {tc.batch_size} is not divisible into {tc.grad_accum} micro-batches "
+                           f"(train.grad_accum) on each of {world_size} processes")
     if tc.condition == "none" and settings.model.cond_dim:
         raise DdpmkitError(f"model.cond_dim {settings.model.cond_dim} without a condition: train with "
                            "--condition attributes (train.condition), which sets model.cond_dim from the data")
@@ -201,13 +223,16 @@ def _training_images(settings: Settings, dist: DistInfo, log: Log) -> tuple[Arra
     return images, info
 
 
-def _network(model: nn.Module, cfg: TrainConfig, device: torch.device, dist: DistInfo) -> nn.Module:
-    """The model as the loop calls it: DDP-wrapped under torchrun, compiled if asked."""
-    net = model
+def _network(model: nn.Module, device: torch.device, dist: DistInfo, compile: bool,
+             log: Log) -> tuple[nn.Module | Compiled, Optional[nn.parallel.DistributedDataParallel]]:
+    """(the model as the loop calls it: DDP-wrapped under torchrun, compiled when `compile`, the DDP
+    wrapper or None)."""
+    ddp = None
     if dist.enabled:
         ids = [device.index] if device.type == "cuda" else None
-        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    return torch.compile(net) if cfg.compile else net
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    net = ddp or model
+    return (Compiled(net, what="the training network", log=log) if compile else net), ddp
 
 
 def _periodic(
@@ -235,6 +260,12 @@ def _periodic(
         cfg = s.sample.model_copy(update={"sampler": f.every_sampler, "steps": f.every_steps})
         periodic.fid = FidProbe(_fid_monitor(s, device), denoiser, cfg, f.every_n, shape, log_file=log_file, log=log)
     return periodic
+
+
+def _fast_sampling(cfg: SampleConfig, device: torch.device) -> bool:
+    """Whether previews and the FID monitor gain from a sampling copy of the EMA network (another
+    dtype, or compiled); in fp32 eager they sample from the EMA network itself."""
+    return resolve_precision(cfg.precision, device).mixed or decide_compile(cfg.compile, device.type).on
 
 
 def _fid_monitor(settings: Settings, device: torch.device) -> Callable[..., float]:

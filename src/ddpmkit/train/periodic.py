@@ -19,6 +19,7 @@ from ddpmkit.fid.colour import compare, summary
 from ddpmkit.generate import Denoiser, generate
 from ddpmkit.images import make_grid_image, save_grid, to_uint8
 from ddpmkit.samplers import make_sampler
+from ddpmkit.sampling_network import SamplingNetwork, sampling_batch
 from ddpmkit.settings import SampleConfig
 from ddpmkit.train.rundir import JsonlLogger, TensorBoard
 
@@ -34,7 +35,7 @@ def ema_images(denoiser: Denoiser, cfg: SampleConfig, n: int, shape: Shape, *, s
     try:
         sampler = make_sampler(denoiser.sched, cfg)
         batches = generate(denoiser.eps(), sampler, n, shape,
-                           seed=seed, batch_size=min(n, cfg.batch_size), device=denoiser.device)
+                           seed=seed, batch_size=sampling_batch(model, cfg.batch_size, n, shape), device=denoiser.device)
         return torch.cat(list(batches))
     finally:
         model.train(was_training)
@@ -109,11 +110,13 @@ class Periodic:
     fid_every: int = 0
     preview: Optional[PreviewGrids] = None
     fid: Optional[FidProbe] = None
+    fast: Optional[SamplingNetwork] = None  # the EMA network as sampling runs it (a copy, refreshed per use)
 
     def due(self, step: int) -> bool:
         return _every(step, self.preview_every) or _every(step, self.fid_every)
 
     def run(self, ema_model: nn.Module, step: int) -> None:
+        ema_model = self._sampling(ema_model)
         if self.preview is not None and _every(step, self.preview_every):
             self.preview(ema_model, step)
         if self.fid is not None and _every(step, self.fid_every):
@@ -125,9 +128,13 @@ class Periodic:
         if self.preview is None or not self.preview_every or _every(step, self.preview_every):
             return None
         log(f"final preview grid: sampling {self.preview.describe()}...")
-        path = self.preview(ema_model, step)
+        path = self.preview(self._sampling(ema_model), step)
         log(f"wrote {path}")
         return path
+
+
+    def _sampling(self, ema_model: nn.Module) -> nn.Module:
+        return self.fast.refresh() if self.fast is not None else ema_model
 
 
 def _every(step: int, n: int) -> bool:

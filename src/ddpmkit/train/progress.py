@@ -34,6 +34,7 @@ class Plan:
     device: str
     cpu_alternative: Optional[str] = None  # the preset to suggest if this one is too slow on a CPU
     fit: str = ""  # a length fitted to a time budget, e.g. "4,812 steps fit in 60m at 85.3 img/s"
+    speed: str = ""  # precision, compile, micro-batches (launch.speed_line)
 
     def line(self) -> str:
         preset = f"preset {self.preset}" if self.preset else "no preset"
@@ -41,8 +42,9 @@ class Plan:
         steps = f"steps {self.start:,} → {self.total:,}" if self.start else f"{self.total:,} steps"
         steps = self.fit or steps
         epochs = f"{self.epochs:,.0f}" if self.epochs >= 100 else f"{self.epochs:.3g}"
+        speed = f" · {self.speed}" if self.speed else ""
         return (f"training {self.parameters / 1e6:.2f}M parameters, {preset}{why} · data: {self.data} · "
-                f"batch {self.batch_size} · {steps} ({epochs} epochs) · device {self.device}")
+                f"batch {self.batch_size} · {steps} ({epochs} epochs) · device {self.device}{speed}")
 
     def eta_lines(self, seconds_per_step: float, step: int, measured_over: tuple[int, int]) -> list[str]:
         """The ETA line, and on a CPU a warning when the rest of the run takes too long."""

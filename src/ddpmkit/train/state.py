@@ -2,7 +2,8 @@
 
 The weights go to safetensors (`checkpoint.save_checkpoint`); the rest to `state.pt` as plain
 tensors, numbers and strings: step, epoch, data position, EMA update count, optimizer state,
-the RNG states and the settings. A resumed run follows the uninterrupted one bit for bit.
+the fp16 loss scaler's state, the RNG states and the settings. A resumed run follows the
+uninterrupted one bit for bit.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ddpmkit.checkpoint import load_state, load_weights, save_checkpoint
 from ddpmkit.runfolder import EMA_FILE, MODEL_FILE, STATE_FILE, RunFolder
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.nn import UNet
+from ddpmkit.precision import resolve_precision
 from ddpmkit.settings import Settings, settings_from_dict
 from ddpmkit.train.ema import EMA
 from ddpmkit.train.optim import build_optimizer
@@ -37,6 +39,7 @@ class TrainState:
     ema: EMA
     optimizer: torch.optim.Optimizer
     gen: torch.Generator  # timesteps and noise of every global batch, identical on every rank
+    scaler: torch.amp.GradScaler  # dynamic loss scaling for fp16 (disabled, a no-op, otherwise)
     step: int = 0  # optimizer steps taken
     epoch: int = 0
     batch_in_epoch: int = 0  # global batches already taken from the current epoch
@@ -53,8 +56,9 @@ class TrainState:
         ema = EMA(model, tc.ema_decay, tc.ema_warmup, kind=tc.ema, std=tc.ema_std)
         optimizer = build_optimizer(model.parameters(), tc, device)
         gen = torch.Generator(device=device).manual_seed(tc.seed + 1)
+        scaler = torch.amp.GradScaler(device.type, enabled=resolve_precision(tc.precision, device).scaled)
         torch.manual_seed(tc.seed + RANK_SEED_STRIDE * rank)
-        return cls(settings, model, ema, optimizer, gen)
+        return cls(settings, model, ema, optimizer, gen, scaler)
 
     @property
     def device(self) -> torch.device:
@@ -74,6 +78,8 @@ class TrainState:
             "rng_gen": self.gen.get_state(),
             "settings": json.dumps(self.settings.model_dump(mode="json")),
         }
+        if self.scaler.is_enabled():  # floats and an int: weights_only loads them
+            state["grad_scaler"] = self.scaler.state_dict()
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         return state
@@ -125,6 +131,8 @@ class TrainState:
         if self.device.type == "cuda" and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
         self.gen.set_state(state["rng_gen"])
+        if self.scaler.is_enabled() and "grad_scaler" in state:  # else: a fresh scale (fp16 newly asked)
+            self.scaler.load_state_dict(state["grad_scaler"])
 
 
 def _count(value: Any) -> int:

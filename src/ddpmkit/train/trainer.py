@@ -1,9 +1,9 @@
 """The training loop: L_simple with Adam, warm-up, clipping and EMA; logs and checkpoints.
 
-One process or many under torchrun (DistributedDataParallel). `train.batch_size` is the global
-batch; each of W processes takes batch_size/W images of every global batch. The timesteps and
-noise of a global batch come from one generator that every rank advances identically, so W
-processes follow the same trajectory as one process with the same global batch.
+One process or many under torchrun (DistributedDataParallel); the step itself (micro-batches,
+precision, loss scaling, clipping, EMA) is `step.OptimizerStep`. The learning rate, the EMA and
+`step` count optimizer steps; fp16 steps that the loss scaler skipped are counted in the run log
+(`skipped_steps`).
 
 `launch.build_trainer` validates the settings and builds the pieces; the Trainer only runs them.
 """
@@ -19,10 +19,9 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch import Tensor, nn
 
-from ddpmkit.conditioning import draw_condition
+from ddpmkit.compiling import Compiled
 from ddpmkit.data.loader import ImageBatches
-from ddpmkit.device import DistInfo, autocast
-from ddpmkit.diffusion import sample_timesteps, training_loss
+from ddpmkit.device import DistInfo
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.progress import Mode
 from ddpmkit.report import write_report
@@ -34,6 +33,7 @@ from ddpmkit.train.progress import Plan, TrainProgress
 from ddpmkit.runfolder import step_dir_name
 from ddpmkit.train.rundir import JsonlLogger, RunDir
 from ddpmkit.train.state import TrainState
+from ddpmkit.train.step import OptimizerStep
 
 Log = Callable[[str], None]
 FixLength = Callable[["Trainer", bool], None]  # (trainer, resumed): sets the run's length before step 1
@@ -53,13 +53,22 @@ class TrainResult:
 
 
 class LossWindow:
-    """The losses of the steps since the last log, kept on the device: no host sync per step."""
+    """The losses of the steps since the last log, kept on the device: no host sync per step; and
+    (fp16) whether the loss scaler skipped each step."""
 
     def __init__(self) -> None:
         self.losses: list[Tensor] = []
+        self.skips: list[Tensor] = []
 
-    def add(self, loss: Tensor) -> None:
+    def add(self, loss: Tensor, skipped: Optional[Tensor] = None) -> None:
         self.losses.append(loss)
+        if skipped is not None:
+            self.skips.append(skipped)
+
+    def skipped(self) -> Optional[int]:
+        """Steps skipped since the last log (the same on every rank: the gradients are all-reduced);
+        None when nothing is scaled."""
+        return int(torch.stack(self.skips).sum()) if self.skips else None
 
     def values(self, dist: DistInfo, step: int) -> list[float]:
         """Each step's loss, averaged over the ranks. Raises DdpmkitError naming the first step
@@ -73,7 +82,7 @@ class LossWindow:
         return per_step
 
     def clear(self) -> None:
-        self.losses = []
+        self.losses, self.skips = [], []
 
 
 class NonFinite(DdpmkitError):
@@ -90,7 +99,7 @@ class Trainer:
         sched: NoiseSchedule,
         cfg: TrainConfig,
         *,
-        net: nn.Module,
+        net: nn.Module | Compiled,
         total: int,
         run_dir: RunDir,
         run_info: dict[str, Any],
@@ -102,9 +111,11 @@ class Trainer:
         log: Log = print,
         on_step: Iterable[Callable[["Trainer"], None]] = (),
         fix_length: Optional[FixLength] = None,
+        ddp: Optional[nn.parallel.DistributedDataParallel] = None,
     ) -> None:
         self.state, self.batches, self.sched, self.cfg = state, batches, sched, cfg
-        self.net = net  # the model as trained: DDP- and/or compile-wrapped state.model
+        # net: the model as trained (DDP- and/or compile-wrapped state.model); ddp: its DDP wrapper
+        self.stepper = OptimizerStep(state, sched, cfg, net=net, ddp=ddp, dist=dist)
         self.run_dir, self.run_info, self.plan = run_dir, run_info, plan
         self.set_total(total)
         self.fix_length = fix_length  # None: `total` is the length (train/trial.py fits it to a time budget)
@@ -113,10 +124,10 @@ class Trainer:
         self.progress_mode, self.log = progress, log
         self.on_step: list[Callable[["Trainer"], None]] = list(on_step)
         self.device = state.device
-        self.local_batch = cfg.batch_size // dist.world_size
         self.window = LossWindow()
         self.history: list[dict[str, Any]] = []
         self.last_loss = math.nan
+        self.skipped: Optional[Tensor] = None  # fp16: whether the loss scaler skipped the last step
         self._stop_requested = False  # this rank's wish
         self.interrupted = False  # what all ranks agreed
         self._vote: Callable[[], bool] = lambda: False  # the stop vote of the previous step
@@ -171,33 +182,13 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def train_step(self, x0: Tensor, attributes: Optional[Tensor] = None) -> Tensor:
-        """One optimizer step on this rank's slice of a global batch. x0: (b, 3, H, W) in [-1, 1];
-        attributes: (b, K) in {-1, 0, +1} for a conditional run (conditioning.draw_condition).
+        """One optimizer step on this rank's slice of a global batch (`OptimizerStep.run`).
+        x0: (b, 3, H, W) in [-1, 1]; attributes: (b, K) in {-1, 0, +1} for a conditional run.
         Returns the loss (a 0-d tensor on the device)."""
         c, st = self.cfg, self.state
-        t_all = sample_timesteps(c.batch_size, self.sched.T, self.device, st.gen)
-        noise_all = torch.randn((c.batch_size, *x0.shape[1:]), generator=st.gen, device=self.device)
-        lo = self.dist.rank * self.local_batch
-        t, noise = t_all[lo : lo + self.local_batch], noise_all[lo : lo + self.local_batch]
-        net: Callable[[Tensor, Tensor], Tensor] = self.net
-        if attributes is not None:
-            cond, drop = draw_condition(attributes, c.p_uncond, c.hide_attributes, st.gen,
-                                        global_batch=c.batch_size, offset=lo)
-            net = lambda xt, tt: self.net(xt, tt, cond, drop)  # noqa: E731
-        if self.device.type == "cuda" and c.channels_last:
-            x0 = x0.contiguous(memory_format=torch.channels_last)
-            noise = noise.contiguous(memory_format=torch.channels_last)
         set_lr(st.optimizer, lr_at(st.step, c.lr, self.warmup, self.total, c.lr_decay))
-        with autocast(self.device, c.precision):
-            loss = training_loss(net, self.sched, x0, t, noise, st.settings.diffusion.prediction,
-                                 c.loss_weight, c.min_snr_gamma)
-        st.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if c.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(st.model.parameters(), c.grad_clip)
-        st.optimizer.step()
-        st.ema.update(st.model)
-        return loss.detach()
+        loss, self.skipped = self.stepper.run(x0, attributes)
+        return loss
 
     def run(self) -> TrainResult:
         """Train to `total` steps or until stopped; save a checkpoint at the end."""
@@ -206,6 +197,7 @@ class Trainer:
             self._progress = TrainProgress(self.plan, self.progress_mode, self.log, sync=self._sync)
         try:
             with StopSignals(self.request_stop, self._main_log):
+                self.stepper.warm_up(self._main_log)
                 self._loop()
                 self._close_progress()  # the bar ends at the last step; what follows says what it does
                 ckpt = self.save(report=False)
@@ -228,7 +220,8 @@ class Trainer:
         st = self.state
         while st.step < self.total and not self.interrupted:
             for batch in self.batches.epoch(st.epoch, start_batch=st.batch_in_epoch):
-                self.window.add(self.train_step(*batch) if isinstance(batch, tuple) else self.train_step(batch))
+                loss = self.train_step(*batch) if isinstance(batch, tuple) else self.train_step(batch)
+                self.window.add(loss, self.skipped)
                 st.step += 1
                 st.batch_in_epoch += 1
                 for callback in self.on_step:
@@ -272,6 +265,7 @@ class Trainer:
     def _write_log(self) -> None:
         c, st = self.cfg, self.state
         losses = self.window.values(self.dist, st.step)
+        skipped = self.window.skipped()
         self.window.clear()
         self.last_loss = sum(losses) / len(losses)
         then, step_then = self._mark
@@ -284,6 +278,8 @@ class Trainer:
             "img_per_s": round((st.step - step_then) * c.batch_size / max(now - then, 1e-9), 2),
             "time": round(time.time(), 3),
         }
+        if skipped is not None:  # fp16: steps the loss scaler skipped (overflowed gradients) since the last log
+            record["skipped_steps"] = skipped
         self._mark = (now, st.step)
         self.history.append(record)
         if self.log_file is not None:

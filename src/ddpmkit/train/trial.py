@@ -113,10 +113,11 @@ def measure(trainer: Trainer, window_s: float) -> Costs:
 
 
 def time_steps(trainer: Trainer, window_s: float) -> float:
-    """Seconds per training step, from trial steps timed after the cold first one (two when
-    compiling) until `window_s` and TRIAL_MIN_STEPS have passed. The ranks agree when to stop as
+    """Seconds per training step, from trial steps timed after the cold first one (the network is
+    compiled before it, `OptimizerStep.warm_up`) until `window_s` and TRIAL_MIN_STEPS have passed. The ranks agree when to stop as
     the loop does, one step late, so every rank takes as many steps."""
-    cold = 2 if trainer.cfg.compile else 1
+    trainer.stepper.warm_up(trainer.log if trainer.dist.is_main else (lambda line: None))  # compiling is start-up
+    cold = 1
     agreed: Callable[[], bool] = lambda: False  # noqa: E731
     t0, n = 0.0, 0
     for batch in _batches(trainer):

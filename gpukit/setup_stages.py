@@ -3,7 +3,7 @@ what every stage shares. Each stage fills its `Result` or raises `StageFailed` w
 
 Every stage finds its inputs in the bundle or the work folder, never in another stage's memory,
 so any stage can be run again alone (`--stages fid`). ddpmkit is used only through its command
-line (`python -m ddpmkit prepare/train/sample/fid`) and benchmarks/bench_speed.py.
+line (`python -m ddpmkit prepare/train/sample/fid`) and the benchmark scripts.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from gpu_common import (
-    MAIN, MANIFEST, PACK_IMAGES, REF_STATS, REPO, WEIGHTS_NAME, WHEELS_DIR, Profile, Ran, folder_digest, python_env,
-    read_manifest, run, sha256_file, staging_dir,
+from kit import (
+    KIT, MANIFEST, PACK_ZIP, REF_STATS, REPO, WEIGHTS_NAME, WHEELS_DIR, Profile, Ran, python_env, read_manifest, run,
+    sha256_file, staging_dir,
 )
 
 
@@ -47,14 +47,14 @@ class Ctx:
 
     prof: Profile
     bundle: Path  # .gpu_bundle
-    work: Path  # scratch on the machine: joined weights, the run, samples, logs
+    work: Path  # scratch on the machine: the weights, the unpacked pack, the run, samples, logs
     out: Path  # $OUT: the report and a few pictures
     deadline: float  # time.monotonic() by which the check must end
     ran: Optional[Ran] = None  # the last subprocess, for the report when a stage fails
 
     @property
-    def main(self) -> Path:
-        return self.bundle / MAIN
+    def kit(self) -> Path:
+        return self.bundle / KIT
 
     @property
     def site(self) -> Optional[Path]:
@@ -69,10 +69,10 @@ class Ctx:
         return python_env(self.site, {"DDPMKIT_FID_WEIGHTS": str(self.weights), **extra})
 
     def manifest(self) -> dict[str, Any]:
-        if not (self.main / MANIFEST).is_file():
-            raise StageFailed(f"no bundle manifest at {self.main / MANIFEST}: run scripts/gpu_bundle.sh on the CPU "
-                              "machine and carry its main folder (README: Checking on a GPU)")
-        return read_manifest(self.main)
+        if not (self.kit / MANIFEST).is_file():
+            raise StageFailed(f"no bundle manifest at {self.kit / MANIFEST}: run scripts/gpu_bundle.sh on a machine "
+                              "with internet and copy its kit folder here (docs/offline-gpu-kit.md)")
+        return read_manifest(self.kit)
 
     def timeout(self, stage: str) -> float:
         left = self.deadline - time.monotonic() - 5.0
@@ -80,9 +80,9 @@ class Ctx:
             raise StageFailed(f"not run: only {max(left, 0):.0f} s of the check's {self.prof.deadline_s:.0f} s budget left")
         return min(self.prof.caps.get(stage, 120.0), left)
 
-    def run(self, stage: str, cmd: list[str], timeout: Optional[float] = None, **env: str) -> Ran:
+    def run(self, stage: str, cmd: list[str], timeout: Optional[float] = None, echo: bool = False, **env: str) -> Ran:
         limit = timeout or self.timeout(stage)
-        self.ran = run(cmd, self.work / "logs" / f"{stage}.log", limit, self.env(**env))
+        self.ran = run(cmd, self.work / "logs" / f"{stage}.log", limit, self.env(**env), echo=echo)
         if self.ran.timed_out:
             what = " ".join(Path(c).name for c in cmd[1:4] if len(c) < 80)  # e.g. "-m ddpmkit train"
             raise StageFailed(f"'{what}' killed at its time limit of {limit:.0f} s")
@@ -102,24 +102,24 @@ def stage_bundle(ctx: Ctx, res: Result) -> None:
         kind = {True: "tiny", False: "full-size"}
         raise StageFailed(f"the bundle is {kind[m['tiny']]} but this check is {kind[ctx.prof.tiny]}: rebuild the bundle")
     problems = []
-    digest, count, _ = folder_digest(ctx.main / PACK_IMAGES) if (ctx.main / PACK_IMAGES).is_dir() else ("", 0, 0)
-    if (digest, count) != (m["pack"]["files_sha256"], m["pack"]["count"]):
-        problems.append(f"training pack {PACK_IMAGES}: {count} files, expected {m['pack']['count']} with the manifest's digest")
-    ref = ctx.main / REF_STATS
-    if not ref.is_file():
-        problems.append(f"reference statistics {ref} missing")
-    elif sha256_file(ref) != m["reference"]["sha256"]:
-        problems.append(f"reference statistics {ref} differ from the manifest's")
+    for what, name, digest in (("training pack", PACK_ZIP, m["pack"]["sha256"]),
+                               ("reference statistics", REF_STATS, m["reference"]["sha256"])):
+        path = ctx.kit / name
+        if not path.is_file():
+            problems.append(f"{what} {path} missing")
+        elif sha256_file(path) != digest:
+            problems.append(f"{what} {path} differ from the manifest's")
     for w in m["wheels"]:
-        path = ctx.main / WHEELS_DIR / w["file"]
+        path = ctx.kit / WHEELS_DIR / w["file"]
         if not path.is_file() or sha256_file(path) != w["sha256"]:
             problems.append(f"wheel {w['file']} missing or changed")
     if problems:
         raise StageFailed("; ".join(problems))
+    pieces = len(m["weights"]["parts"])
     res.details = {"created": m["created"], "pack_images": m["pack"]["count"], "reference_images": m["reference"]["images"],
-                   "wheels": [w["file"] for w in m["wheels"]], "weight_pieces": len(m["weights"]["parts"])}
+                   "wheels": [w["file"] for w in m["wheels"]], "weight_pieces": pieces}
     res.summary = (f"pack of {m['pack']['count']} images, reference statistics of {m['reference']['images']}, "
-                   f"{len(m['wheels'])} wheels, weights in {len(m['weights']['parts'])} pieces")
+                   f"{len(m['wheels'])} wheels, weights {'in ' + str(pieces) + ' pieces' if pieces else 'whole'}")
 
 
 IMPORT_CHECK = """
@@ -137,11 +137,11 @@ print("VERSIONS " + json.dumps(versions))
 def stage_wheels(ctx: Ctx, res: Result) -> None:
     """Install the carried wheels offline into work/site, then import what ddpmkit and the benchmark need."""
     m = ctx.manifest()
-    wheels = sorted((ctx.main / WHEELS_DIR).glob("*.whl"))
+    wheels = sorted((ctx.kit / WHEELS_DIR).glob("*.whl"))
     if ctx.prof.tiny:
         res.reduced = "a tiny bundle carries no wheels (CI downloads none): pydantic and pytorch_fid are imported, diffusers looked up"
     elif len(wheels) != len(m["wheels"]) or not wheels:
-        raise StageFailed(f"{len(wheels)} wheels in {ctx.main / WHEELS_DIR}, the manifest lists {len(m['wheels'])}")
+        raise StageFailed(f"{len(wheels)} wheels in {ctx.kit / WHEELS_DIR}, the manifest lists {len(m['wheels'])}")
     else:
         site = ctx.work / "site"
         shutil.rmtree(site, ignore_errors=True)
@@ -191,20 +191,21 @@ def stage_device(ctx: Ctx, res: Result) -> None:
 
 
 def stage_weights(ctx: Ctx, res: Result) -> None:
-    """Join the FID Inception weights from their pieces (call 1's in the staging folder) and check the sha256."""
+    """The FID Inception weights into the work folder, checked by sha256: the kit's whole file, or
+    its pieces (bundle --max-bytes) joined, each from the staging folder (scripts/gpu_stash.sh put it
+    there) or from its piece folder in the bundle."""
     w = ctx.manifest()["weights"]
     if ctx.weights.is_file() and sha256_file(ctx.weights) == w["sha256"]:
-        res.summary, res.details = f"{ctx.weights} already joined", {"sources": ["already joined"]}
+        res.summary, res.details = f"{ctx.weights} already there", {"sources": ["already there"]}
         return
-    sources, missing = [], []
-    for p in w["parts"]:
-        candidates = [staging_dir() / p["file"], ctx.bundle / p["folder"] / p["file"]]
-        found = next((c for c in candidates if c.is_file() and c.stat().st_size == p["bytes"] and sha256_file(c) == p["sha256"]), None)
-        (sources if found else missing).append(str(found) if found else f"{p['file']} (device call carrying {p['folder']})")
+    whole = ctx.kit / WEIGHTS_NAME
+    if not w["parts"]:
+        sources, missing = ([str(whole)], []) if whole.is_file() else ([], [str(whole)])
+    else:
+        sources, missing = _pieces(ctx, w["parts"])
     if missing:
-        raise StageFailed(f"weight pieces not found in {staging_dir()} nor in {ctx.bundle}: {', '.join(missing)}; "
-                          "device call 1 (bash scripts/gpu_ferry.sh) leaves its piece in the staging folder, "
-                          "which is lost when the machine is given back between the calls")
+        raise StageFailed(f"FID weights not found: {', '.join(missing)}; a piece copied in alone must be put into "
+                          f"{staging_dir()} by `bash scripts/gpu_stash.sh` (docs/offline-gpu-kit.md)")
     ctx.weights.parent.mkdir(parents=True, exist_ok=True)
     tmp = ctx.weights.with_suffix(".part")
     with open(tmp, "wb") as out:
@@ -212,10 +213,24 @@ def stage_weights(ctx: Ctx, res: Result) -> None:
             with open(src, "rb") as f:
                 shutil.copyfileobj(f, out, 1 << 22)
     if sha256_file(tmp) != w["sha256"]:
-        raise StageFailed("the joined weights' sha256 differs from the manifest's")
+        raise StageFailed("the FID weights' sha256 differs from the manifest's")
     tmp.replace(ctx.weights)
     res.details = {"sources": sources, "path": str(ctx.weights), "sha256": w["sha256"]}
-    res.summary = f"{len(sources)} pieces joined, sha256 {w['sha256'][:12]}… verified"
+    joined = f"{len(sources)} pieces joined" if w["parts"] else "copied"
+    res.summary = f"{joined}, sha256 {w['sha256'][:12]}… verified"
+
+
+def _pieces(ctx: Ctx, parts: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(where each weights piece is, the pieces found nowhere)."""
+    sources, missing = [], []
+    for p in parts:
+        candidates = [staging_dir() / p["file"], ctx.bundle / p["folder"] / p["file"]]
+        found = next((c for c in candidates if c.is_file() and c.stat().st_size == p["bytes"] and sha256_file(c) == p["sha256"]), None)
+        if found:
+            sources.append(str(found))
+        else:
+            missing.append(f"{p['file']} (folder {p['folder']})")
+    return sources, missing
 
 
 def cuda_test_files(tests: Path) -> list[str]:

@@ -9,9 +9,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from gpu_stages import Ctx, Result
+from setup_stages import Ctx, Result
 
-LOG_TAIL_BYTES = 400_000  # per stage in gpu_check.log; $OUT returns files of at most 16 MiB
+LOG_TAIL_BYTES = 400_000  # per stage in gpu_check.log: the end of a long log is the part that explains
 
 
 def write(ctx: Ctx, results: list[Result], meta: dict[str, Any]) -> None:
@@ -66,6 +66,8 @@ def _section(r: Result) -> list[str]:
     if r.name.startswith("bench_") and "markdown" in r.details:
         body = r.details["markdown"].splitlines()
         out += [ln.replace("# ", "### ", 1) if ln.startswith("# ") else ln for ln in body]
+    elif r.name == "profile":
+        out += ["```", *r.details.get("text", []), "```"]
     elif r.name == "train":
         out += _curve(r.details.get("curve", []))
     elif r.name in ("sample", "fid"):

@@ -1,16 +1,19 @@
-"""Prove ddpmkit on a GPU in one command, or dry-run the same command on a CPU (scripts/gpu_check.sh).
+"""Prove ddpmkit on a GPU without internet in one command, or dry-run it on a CPU (scripts/gpu_check.sh).
 
     bash scripts/gpu_check.sh                                   # on the GPU machine, from the repo root
     DDPMKIT_GPU_CHECK_TINY=1 bash scripts/gpu_check.sh          # the dry run: tiny sizes, on the CPU
     bash scripts/gpu_check.sh --stages sample,fid               # some stages again, reusing the work folder
 
-Stages, in order: bundle (every carried piece there, digests right), wheels (offline install,
-imports), device, weights (the FID Inception weights joined from their pieces), pytest (the tests
-marked cuda), bench_eager (bench_speed.py beside diffusers), pack (prepare rebuilds the training
-pack pixel for pixel), train (celeba64 from the pack for a fixed time, stopped by SIGINT), sample
-(DDIM-50 and DPM-Solver++-20), fid (each against the carried reference statistics),
-bench_compiled (last: whatever time is left). Each prints PASS or FAIL; $OUT/gpu_check.md and
-$OUT/gpu_check.json hold everything measured; the exit code is 0 only when every stage passed.
+Stages, in order, each printing PASS or FAIL as it ends: bundle (every piece of the kit there,
+digests right), wheels (offline install, imports), device, weights (the FID Inception weights,
+joined when they came in pieces), profile (where a training and a sampling step's time goes, and
+the convolution floor: benchmarks/profile_step.py), bench_eager and bench_compiled (ddpmkit beside
+diffusers, eager then torch.compile'd: benchmarks/bench_speed.py, each side's rate printed as it
+ends), pack (prepare rebuilds the training pack pixel for pixel), train (celeba64 from the pack for
+a fixed time, compiling included, stopped by SIGINT), sample (DPM-Solver++-20), fid (against the
+carried reference statistics), pytest (the tests marked cuda). The budget is 9 minutes;
+$OUT/gpu_check.md and $OUT/gpu_check.json hold everything measured, rewritten after every stage;
+the exit code is 0 only when every stage passed.
 """
 
 from __future__ import annotations
@@ -28,44 +31,40 @@ import traceback
 from pathlib import Path
 from typing import Optional
 
-import gpu_report
-import gpu_stages
-import gpu_workload
-from gpu_common import BUNDLE, Profile, profile, tiny_from_env
-from gpu_stages import Ctx, Result, StageFailed
+import report
+import setup_stages
+import work_stages
+from kit import Profile, add_shared_options, parse_shared, profile
+from setup_stages import Ctx, Result, StageFailed
 
 STAGES = {
-    "bundle": gpu_stages.stage_bundle,
-    "wheels": gpu_stages.stage_wheels,
-    "device": gpu_stages.stage_device,
-    "weights": gpu_stages.stage_weights,
-    "pytest": gpu_stages.stage_pytest,
-    "bench_eager": gpu_workload.stage_bench_eager,
-    "pack": gpu_workload.stage_pack,
-    "train": gpu_workload.stage_train,
-    "sample": gpu_workload.stage_sample,
-    "fid": gpu_workload.stage_fid,
-    "bench_compiled": gpu_workload.stage_bench_compiled,
+    "bundle": setup_stages.stage_bundle,
+    "wheels": setup_stages.stage_wheels,
+    "device": setup_stages.stage_device,
+    "weights": setup_stages.stage_weights,
+    "profile": work_stages.stage_profile,
+    "bench_eager": work_stages.stage_bench_eager,
+    "bench_compiled": work_stages.stage_bench_compiled,
+    "pack": work_stages.stage_pack,
+    "train": work_stages.stage_train,
+    "sample": work_stages.stage_sample,
+    "fid": work_stages.stage_fid,
+    "pytest": setup_stages.stage_pytest,
 }
 # What the dry run leaves out, and why; the report lists it.
-TINY_OMITS = {"bench_compiled": "not run: torch.compile of even the demo model takes over 5 minutes on 2 CPU cores"}
+TINY_OMITS = {"bench_compiled": "not run: torch.compile of even the demo model takes minutes on 2 CPU cores "
+                                "(tests/test_compiling.py compiles a tiny U-Net)"}
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tiny", "--dry-run", dest="tiny", action="store_true", default=None,
-                    help="tiny sizes on the CPU (also DDPMKIT_GPU_CHECK_TINY=1)")
+    add_shared_options(ap, "--bundle", "tiny sizes on the CPU")
     ap.add_argument("--stages", default=os.environ.get("DDPMKIT_GPU_CHECK_STAGES"),
                     help=f"comma-separated subset of: {', '.join(STAGES)} (default all; also $DDPMKIT_GPU_CHECK_STAGES)")
     ap.add_argument("--out", type=Path, default=os.environ.get("OUT") or None, help="results folder (default $OUT, else a new temporary folder)")
     ap.add_argument("--work", type=Path, default=os.environ.get("DDPMKIT_GPU_CHECK_WORK") or None,
                     help="scratch folder (default $DDPMKIT_GPU_CHECK_WORK, else /tmp/ddpmkit_gpu_check[_tiny])")
-    ap.add_argument("--bundle", type=Path, default=Path(os.environ.get("DDPMKIT_GPU_BUNDLE") or BUNDLE),
-                    help="the bundle folder (default .gpu_bundle; also $DDPMKIT_GPU_BUNDLE)")
-    args = ap.parse_args(argv)
-    if args.tiny is None:
-        args.tiny = tiny_from_env()
-    return args
+    return parse_shared(ap, argv)
 
 
 def stage_names(prof: Profile, asked: Optional[str]) -> list[str]:
@@ -111,7 +110,7 @@ def make_ctx(args: argparse.Namespace, prof: Profile, started: float, full_run: 
     work.mkdir(parents=True, exist_ok=True)
     out = args.out or Path(tempfile.mkdtemp(prefix="ddpmkit_gpu_check_out_"))
     out.mkdir(parents=True, exist_ok=True)
-    return Ctx(prof=prof, bundle=args.bundle.resolve(), work=work.resolve(), out=out.resolve(), deadline=started + prof.deadline_s)
+    return Ctx(prof=prof, bundle=args.bundle_dir.resolve(), work=work.resolve(), out=out.resolve(), deadline=started + prof.deadline_s)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -134,8 +133,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     for name in names:
         results.append(run_stage(ctx, name))
         meta["seconds"] = round(time.monotonic() - started, 1)
-        gpu_report.write(ctx, results, meta)
-    gpu_report.collect_logs(ctx, results)
+        report.write(ctx, results, meta)
+    report.collect_logs(ctx, results)
     failed = [r.name for r in results if r.status != "PASS"]
     verdict = f"FAIL: {', '.join(failed)}" if failed else "PASS: every stage"
     print(f"[gpu_check] {verdict} in {time.monotonic() - started:.0f} s; {ctx.out / 'gpu_check.md'}", flush=True)

@@ -1,18 +1,20 @@
-"""Fill .gpu_bundle/ with what scripts/gpu_check.sh needs on the GPU machine (run by scripts/gpu_bundle.sh).
+"""Fill .gpu_bundle/ with what scripts/gpu_check.sh needs on a GPU machine without internet
+(run by scripts/gpu_bundle.sh on a machine that has internet, CelebA and the FID weights).
 
-    .gpu_bundle/main/            travels with the check (device call 2)
-        manifest.json            what is here, with digests, and the device calls that carry it
-        wheels/*.whl             the packages the GPU image lacks (Python 3.12, manylinux x86-64)
-        pack/images/*.png        the training pack: a CelebA train-split cache made by `ddpmkit prepare`
+    .gpu_bundle/kit/             copy it to the GPU machine, beside the repository
+        manifest.json            what is here, with digests (and, with --max-bytes, the copies to make)
+        wheels/*.whl             the packages GPU images with torch usually lack (Python 3.12, manylinux x86-64)
+        pack.zip                 the training pack: a CelebA train-split cache made by `ddpmkit prepare`
                                  (DDIM crop, 64 px, uint8), as lossless PNGs (2/3 of the raw bytes)
         ref_stats.npz            FID reference statistics of the train split, computed here
-    .gpu_bundle/fid1/            the first piece of the FID Inception weights (device call 1)
-    .gpu_bundle/fid2/            the rest, carried beside main/ (device call 2)
-    .gpu_bundle/work/            caches of this script (prepared images, statistics); never carried
+        pt_inception-...pth      the FID Inception weights (without --max-bytes)
+    .gpu_bundle/piece1/, ...     with --max-bytes: the weights cut into pieces, each copied on its own
+    .gpu_bundle/work/            caches of this script (prepared images, statistics); never copied
 
-The 92 MB weights cannot travel in one call (64 MiB each, the repository included), so call 1
-leaves its piece in /tmp on the machine, which survives while the machine stays warm, and the
-check joins the pieces and verifies the sha256. The pack gets whatever room is left in call 2.
+--max-bytes N is for a way in that takes at most N bytes at a time (the repository and the folders
+of one copy together): the weights (92 MB) are then cut so that each copy fits, the last piece
+going with kit/, and the pack gets the room left. scripts/gpu_stash.sh puts a piece copied in
+alone where the check finds it; the check joins the pieces and verifies the sha256.
 """
 
 from __future__ import annotations
@@ -26,13 +28,13 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from gpu_common import (
-    BUNDLE, FILE_OVERHEAD, LIMIT_BYTES, MAIN, MANIFEST, MARGIN_BYTES, PACK_IMAGES, PART_PREFIX, REF_STATS, REPO, WEIGHTS_NAME,
-    WHEEL_PLATFORMS, WHEELS, WHEELS_DIR, Profile, folder_digest, mib, pack_stats, profile, python_env, repo_bytes,
-    run, sent_bytes, sha256_file, tiny_from_env, tree_bytes,
+from kit import (
+    KIT, MANIFEST, MARGIN_BYTES, PACK_ZIP, PART_PREFIX, REF_STATS, WEIGHTS_NAME, WHEEL_PLATFORMS, WHEELS, WHEELS_DIR,
+    Profile, add_shared_options, mib, pack_stats, parse_bytes, parse_shared, profile, python_env, repo_bytes, run,
+    sha256_file, tree_bytes,
 )
 
-PNG_BYTES_GUESS = 8_500 + FILE_OVERHEAD  # a 64x64 CelebA face as PNG (measured: 8.1 KB on average); sizes the minimum pack
+PNG_BYTES_GUESS = 8_600  # a 64x64 CelebA face as PNG in the zip (measured: 8.1 KB on average); sizes the smallest pack
 MANIFEST_ROOM = 64 * 1024
 
 
@@ -47,27 +49,23 @@ def fail(msg: str) -> None:
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tiny", "--dry-run", dest="tiny", action="store_true", default=None,
-                    help="tiny bundle for the CPU dry run, no wheel downloads (also DDPMKIT_GPU_CHECK_TINY=1)")
+    add_shared_options(ap, "--dir", "tiny bundle for the CPU dry run, no wheel downloads")
     ap.add_argument("--celeba", type=Path, default=Path(os.environ.get("DDPMKIT_DATA_ROOT", "data/celeba")),
                     help="CelebA root: img_align_celeba/ and list_eval_partition.txt (default $DDPMKIT_DATA_ROOT, else data/celeba)")
     ap.add_argument("--fid-weights", type=Path, default=os.environ.get("DDPMKIT_FID_WEIGHTS"),
                     help=f"the FID Inception weights file {WEIGHTS_NAME} (default $DDPMKIT_FID_WEIGHTS)")
     ap.add_argument("--n-ref", type=int, help="images behind the reference statistics (default 2048; tiny 6)")
-    ap.add_argument("--dir", type=Path, default=Path(os.environ.get("DDPMKIT_GPU_BUNDLE") or BUNDLE),
-                    help="the bundle folder (default .gpu_bundle; also $DDPMKIT_GPU_BUNDLE)")
-    args = ap.parse_args(argv)
-    if args.tiny is None:
-        args.tiny = tiny_from_env()
-    return args
+    ap.add_argument("--max-bytes", type=parse_bytes, help="the most one copy to the GPU machine may hold, the repository "
+                    "included (e.g. 64MiB): the weights go in pieces and the pack shrinks to fit (default: no limit)")
+    return parse_shared(ap, argv)
 
 
 def clean(bundle: Path) -> None:
-    """Remove the previous bundle's carried folders (two versions of a wheel stop the install); keep work/."""
-    for p in [bundle / MAIN, *bundle.glob(f"{PART_PREFIX}[0-9]*")]:
+    """Remove the previous bundle's folders (two versions of a wheel stop the install); keep work/."""
+    for p in [bundle / KIT, *bundle.glob(f"{PART_PREFIX}[0-9]*")]:
         if p.exists():
             shutil.rmtree(p)
-    (bundle / MAIN).mkdir(parents=True)
+    (bundle / KIT).mkdir(parents=True)
 
 
 def download_wheels(dest: Path, log: Path) -> list[dict[str, Any]]:
@@ -140,7 +138,7 @@ def prepare_cache(subset: Path, work: Path, n: int) -> Path:
     return max(found, key=lambda m: m.stat().st_mtime).parent
 
 
-def reference_stats(cache: Path, work: Path, main: Path, n_ref: int, weights: Path) -> dict[str, Any]:
+def reference_stats(cache: Path, work: Path, kit: Path, n_ref: int, weights: Path) -> dict[str, Any]:
     """FID statistics of the cache's first n_ref images by `ddpmkit fid` (reused when cached)."""
     out = work / "ref_fid.json"
     say(f"FID reference statistics of {n_ref} images on {os.cpu_count()} CPU cores "
@@ -156,25 +154,26 @@ def reference_stats(cache: Path, work: Path, main: Path, n_ref: int, weights: Pa
         fail(f"unexpected reference statistics from ddpmkit fid: {out}")
     meta = {"images": n_ref, "cache": cache.name, "weights_sha256": result["weights_sha256"], "stats_file": npz.name,
             "crop": "ddim", "size": 64, "split": "train", "rows": f"the first {n_ref} of the prepared cache"}
-    pack_stats(npz, main / REF_STATS, meta)
-    return {"file": REF_STATS, "sha256": sha256_file(main / REF_STATS), **meta}
+    pack_stats(npz, kit / REF_STATS, meta)
+    return {"file": REF_STATS, "sha256": sha256_file(kit / REF_STATS), **meta}
 
 
-def plan_parts(weight_bytes: int, repo: int, main_bytes: int, pack_min: int) -> list[int]:
-    """Piece sizes of the weights: each piece but the last fills a device call of its own (gpu_ferry.sh);
-    the last travels with main/ and leaves room for at least `pack_min` bytes of pack."""
-    room = LIMIT_BYTES - MARGIN_BYTES - repo
+def plan_parts(weight_bytes: int, budget: int, repo: int, kit_bytes: int, pack_min: int) -> list[int]:
+    """Piece sizes of the weights under a budget of `budget` bytes per copy (the repository goes with
+    each): every piece but the last fills a copy of its own; the last goes with kit/ and leaves room
+    for at least `pack_min` bytes of pack."""
+    room = budget - MARGIN_BYTES - repo
     if room <= 0:
-        fail(f"the repository alone ({mib(repo)}) fills a device call")
-    last_room = room - main_bytes - pack_min
+        fail(f"the repository alone ({mib(repo)}) fills --max-bytes {mib(budget)}")
+    last_room = room - kit_bytes - pack_min
     if last_room <= 0:
-        fail(f"main/ ({mib(main_bytes)}) and the smallest pack ({mib(pack_min)}) do not fit beside the repository")
-    ferries = max(0, -(-(weight_bytes - last_room) // room))
-    last = weight_bytes - ferries * room
-    if last <= 0:  # the ferried calls could hold every byte: the check's call keeps a small piece, the pack the room
+        fail(f"kit/ ({mib(kit_bytes)}) and the smallest pack ({mib(pack_min)}) do not fit beside the repository")
+    alone = max(0, -(-(weight_bytes - last_room) // room))
+    last = weight_bytes - alone * room
+    if last <= 0:  # the copies on their own could hold every byte: the last keeps a small piece, the pack the room
         last = min(last_room, 2**20, weight_bytes)
     rest = weight_bytes - last
-    return [min(room, rest - i * room) for i in range(ferries)] + [last]
+    return [min(room, rest - i * room) for i in range(alone)] + [last]
 
 
 def split_weights(weights: Path, bundle: Path, sizes: list[int]) -> list[dict[str, Any]]:
@@ -194,59 +193,70 @@ def split_weights(weights: Path, bundle: Path, sizes: list[int]) -> list[dict[st
     return parts
 
 
-def export_pack(cache: Path, main: Path, prof: Profile, room: int) -> dict[str, Any]:
-    """The cache's first images as PNGs, as many whole batches as fit in `room` bytes."""
+def export_pack(cache: Path, kit: Path, prof: Profile, room: Optional[int]) -> dict[str, Any]:
+    """The cache's first images as PNGs in kit/pack.zip: as many whole batches as fit in `room` bytes."""
     import hashlib
+    import io
+    import zipfile
 
     import numpy as np
     from PIL import Image
 
     images = np.load(cache / "images.npy", mmap_mode="r")
-    folder = main / PACK_IMAGES
-    folder.mkdir(parents=True)
-    used, n = 0, 0
+    pngs: list[bytes] = []
+    used = 0
     for i in range(min(prof.n_train_max, len(images))):
-        path = folder / f"{i:06d}.png"
-        Image.fromarray(np.ascontiguousarray(images[i].transpose(1, 2, 0))).save(path, optimize=True)
-        used += sent_bytes(path)
-        if used > room:
-            path.unlink()
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(images[i].transpose(1, 2, 0))).save(buf, format="PNG", optimize=True)
+        used += len(buf.getvalue()) + 100  # the zip's headers: about 100 bytes an entry
+        if room is not None and used > room:
             break
-        n += 1
-    n -= n % prof.batch
-    for extra in sorted(folder.glob("*.png"))[n:]:
-        extra.unlink()
+        pngs.append(buf.getvalue())
+    n = len(pngs) - len(pngs) % prof.batch
     if n < prof.n_train_min:
-        fail(f"only {n} pack images fit in the {mib(room)} left in the check's device call (want >= {prof.n_train_min})")
-    digest, count, size = folder_digest(folder)
+        fail(f"only {n} pack images fit in the {mib(room or 0)} left (want >= {prof.n_train_min})")
+    with zipfile.ZipFile(kit / PACK_ZIP, "w", compression=zipfile.ZIP_STORED) as z:
+        for i, png in enumerate(pngs[:n]):
+            z.writestr(f"{i:06d}.png", png)
     pixels = hashlib.sha256(np.ascontiguousarray(images[:n]).tobytes()).hexdigest()
     index = json.loads((cache / "index.json").read_text())
-    return {"dir": PACK_IMAGES, "count": count, "bytes": size, "files_sha256": digest, "pixels_sha256": pixels,
-            "size": 64, "crop": "ddim", "split": "train", "source_cache": cache.name, "cache_key": index["key"],
-            "made_by": "ddpmkit prepare --preset celeba64 --size 64 --crop ddim --split train, first rows, PNG"}
+    return {"file": PACK_ZIP, "count": n, "bytes": (kit / PACK_ZIP).stat().st_size, "sha256": sha256_file(kit / PACK_ZIP),
+            "pixels_sha256": pixels, "size": 64, "crop": "ddim", "split": "train", "source_cache": cache.name,
+            "cache_key": index["key"], "made_by": "ddpmkit prepare --preset celeba64 --size 64 --crop ddim --split train, first rows, PNG"}
 
 
-def calls(parts: list[dict[str, Any]], repo: int, bundle: Path) -> list[dict[str, Any]]:
-    """The device-tool calls that carry the bundle, in order, with the bytes each sends."""
-    rel = bundle.resolve().relative_to(REPO) if bundle.resolve().is_relative_to(REPO) else bundle
-    out = [{"carry": [f"{rel}/{p['folder']}"], "command": "bash scripts/gpu_ferry.sh", "bytes": repo + p["bytes"] + FILE_OVERHEAD}
-           for p in parts[:-1]]
-    main_bytes = tree_bytes(bundle / MAIN)
-    out.append({"carry": [f"{rel}/{MAIN}", f"{rel}/{parts[-1]['folder']}"], "command": "bash scripts/gpu_check.sh",
-                "bytes": repo + main_bytes + parts[-1]["bytes"] + FILE_OVERHEAD})
+def copies(parts: list[dict[str, Any]], repo: int, bundle: Path) -> list[dict[str, Any]]:
+    """The copies to the GPU machine, in order, with the bytes each holds (the repository included)."""
+    out = [{"folders": [p["folder"]], "then": "bash scripts/gpu_stash.sh", "bytes": repo + p["bytes"]} for p in parts[:-1]]
+    last = [KIT] + ([parts[-1]["folder"]] if parts else [])
+    out.append({"folders": last, "then": "bash scripts/gpu_check.sh",
+                "bytes": repo + tree_bytes(bundle / KIT) + (parts[-1]["bytes"] if parts else 0)})
     return out
 
 
-def report(manifest: dict[str, Any]) -> None:
-    for i, c in enumerate(manifest["calls"], 1):
-        ok = "ok" if c["bytes"] <= LIMIT_BYTES else "OVER THE LIMIT"
-        say(f"device call {i}: {mib(c['bytes'])} of {mib(LIMIT_BYTES)} ({ok}): carry {json.dumps(c['carry'])}, command '{c['command']}'")
+def report(manifest: dict[str, Any], budget: Optional[int]) -> None:
+    for i, c in enumerate(manifest["copies"], 1):
+        size = f"{mib(c['bytes'])} of {mib(budget)} ({'ok' if c['bytes'] <= budget else 'OVER'})" if budget else mib(c["bytes"])
+        say(f"copy {i}: the repository + .gpu_bundle/{{{','.join(c['folders'])}}}, {size}; then run '{c['then']}'")
     p = manifest["pack"]
+    weights = f"{len(manifest['weights']['parts'])} pieces" if manifest["weights"]["parts"] else "whole in kit/"
     say(f"pack: {p['count']} images ({mib(p['bytes'])}); reference statistics: {manifest['reference']['images']} images; "
-        f"wheels: {len(manifest['wheels'])}; weights: {len(manifest['weights']['parts'])} pieces; repository {mib(manifest['repo_bytes'])}")
-    over = [i for i, c in enumerate(manifest["calls"], 1) if c["bytes"] > LIMIT_BYTES]
+        f"wheels: {len(manifest['wheels'])}; weights: {weights}; repository {mib(manifest['repo_bytes'])}")
+    over = [i for i, c in enumerate(manifest["copies"], 1) if budget and c["bytes"] > budget]
     if over:
-        fail(f"device call(s) {over} would carry more than {mib(LIMIT_BYTES)}")
+        fail(f"copy {over} would hold more than --max-bytes {mib(budget)}")
+
+
+def place_weights(weights: Path, bundle: Path, budget: Optional[int], repo: int, kit_bytes: int,
+                  prof: Profile) -> tuple[list[dict[str, Any]], Optional[int]]:
+    """The weights whole in kit/ (no budget) or in pieces; returns (the pieces, room left for the pack)."""
+    if budget is None:
+        shutil.copyfile(weights, bundle / KIT / WEIGHTS_NAME)
+        return [], None
+    pack_min = prof.n_train_min * PNG_BYTES_GUESS
+    sizes = plan_parts(weights.stat().st_size, budget, repo, kit_bytes + MANIFEST_ROOM, pack_min)
+    parts = split_weights(weights, bundle, sizes)
+    return parts, budget - MARGIN_BYTES - repo - kit_bytes - MANIFEST_ROOM - sizes[-1]
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -256,29 +266,27 @@ def main(argv: Optional[list[str]] = None) -> None:
     if weights is None or not Path(weights).is_file():
         fail(f"FID weights not found at {weights}: pass --fid-weights or set $DDPMKIT_FID_WEIGHTS to {WEIGHTS_NAME}")
     weights = Path(weights).resolve()
-    bundle, n_ref = args.dir, args.n_ref or prof.n_ref
-    work, main_dir = bundle / "work", bundle / MAIN
+    bundle, n_ref = args.bundle_dir, args.n_ref or prof.n_ref
+    work, kit = bundle / "work", bundle / KIT
     clean(bundle)
-    wheels = [] if prof.tiny else download_wheels(main_dir / WHEELS_DIR, work / "logs" / "pip.log")
-    say("no wheels in a tiny bundle" if prof.tiny else f"{len(wheels)} wheels: {mib(tree_bytes(main_dir / WHEELS_DIR))}")
+    wheels = [] if prof.tiny else download_wheels(kit / WHEELS_DIR, work / "logs" / "pip.log")
+    say("no wheels in a tiny bundle" if prof.tiny else f"{len(wheels)} wheels: {mib(tree_bytes(kit / WHEELS_DIR))}")
     subset = make_subset(args.celeba, work, max(prof.subset, n_ref))
     cache = prepare_cache(subset, work, max(prof.subset, n_ref))
-    reference = reference_stats(cache, work, main_dir, n_ref, weights)
+    reference = reference_stats(cache, work, kit, n_ref, weights)
     repo = repo_bytes()
-    sizes = plan_parts(weights.stat().st_size, repo, tree_bytes(main_dir) + MANIFEST_ROOM, prof.n_train_min * PNG_BYTES_GUESS)
-    parts = split_weights(weights, bundle, sizes)
-    room = LIMIT_BYTES - MARGIN_BYTES - repo - tree_bytes(main_dir) - MANIFEST_ROOM - sizes[-1] - FILE_OVERHEAD
-    pack = export_pack(cache, main_dir, prof, room)
+    parts, room = place_weights(weights, bundle, args.max_bytes, repo, tree_bytes(kit), prof)
+    pack = export_pack(cache, kit, prof, room)
     manifest = {
-        "format": 1, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "tiny": prof.tiny, "repo_bytes": repo, "limit_bytes": LIMIT_BYTES, "pack": pack, "reference": reference,
+        "format": 2, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "tiny": prof.tiny, "repo_bytes": repo, "max_bytes": args.max_bytes, "pack": pack, "reference": reference,
         "wheels": wheels, "model_sets": list(prof.model_sets),
         "weights": {"name": WEIGHTS_NAME, "bytes": weights.stat().st_size, "sha256": sha256_file(weights), "parts": parts},
     }
-    (main_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    manifest["calls"] = calls(parts, repo, bundle)
-    (main_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    report(manifest)
+    (kit / MANIFEST).write_text(json.dumps(manifest, indent=1))  # written first: copies() counts its bytes
+    manifest["copies"] = copies(parts, repo, bundle)
+    (kit / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    report(manifest, args.max_bytes)
     say(f"done: {bundle}")
 
 
