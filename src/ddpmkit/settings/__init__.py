@@ -29,7 +29,9 @@ from ddpmkit.settings.build import (
 from ddpmkit.settings.sections import (
     DATA_ROOT_ENV,
     FID_WEIGHTS_ENV,
+    GUIDANCE,
     MASK_NAMES,
+    MAX_GUIDANCE,
     MAX_SEED,
     REPAINT_JUMP,
     REPAINT_RESAMPLE,
@@ -44,7 +46,7 @@ from ddpmkit.settings.sections import (
 )
 
 __all__ = [
-    "DATA_ROOT_ENV", "DEFAULT_PRESET", "FID_WEIGHTS_ENV", "MASK_NAMES", "MAX_SEED", "PRESET_DIR", "PRESET_MACHINE",
+    "DATA_ROOT_ENV", "DEFAULT_PRESET", "FID_WEIGHTS_ENV", "GUIDANCE", "MASK_NAMES", "MAX_GUIDANCE", "MAX_SEED", "PRESET_DIR", "PRESET_MACHINE",
     "REPAINT_JUMP", "REPAINT_RESAMPLE", "REPAINT_STEPS",
     "DataConfig", "DiffusionConfig", "FidConfig", "ModelConfig", "PresetInfo", "SampleConfig", "Settings",
     "TrainConfig", "available_presets", "build_settings", "check_unet_shape", "deep_merge",

@@ -18,6 +18,9 @@ MAX_SEED = 2**63 - 1  # torch seeds are 64-bit; seed + rank offsets must stay be
 # (Lugmayr et al. 2022: 250 steps, jump length 10, 10 resamplings)
 MASK_NAMES = ("box", "left", "right", "top", "bottom", "eyes", "mouth", "random")
 REPAINT_STEPS, REPAINT_JUMP, REPAINT_RESAMPLE = 250, 10, 10
+# classifier-free guidance of a conditional run: the weight when attributes are asked for without
+# one, and the largest accepted (0 = unconditional, 1 = conditional)
+GUIDANCE, MAX_GUIDANCE = 3.0, 100.0
 
 
 class _Section(BaseModel):
