@@ -29,13 +29,13 @@ from ddpmkit.settings import Settings
 USAGE = {
     "prepare": "[OPTIONS]", "train": "[OPTIONS]", "sample": "[OPTIONS] [RUN]", "inpaint": "[OPTIONS] [RUN] IMAGE",
     "noise-demo": "[OPTIONS] IMAGE", "inspect": "[OPTIONS] [PATH]", "fid": "[OPTIONS] SOURCE [REFERENCE]",
-    "report": "[OPTIONS] [RUN]", "interpolate": "[OPTIONS] [RUN]",
+    "report": "[OPTIONS] [RUN]", "interpolate": "[OPTIONS] [RUN]", "serve": "[OPTIONS] [RUN]...",
 }
 # the settings sections each command reads (its --set example must be one of them)
 READS = {
     "prepare": {"data"}, "train": {"model", "diffusion", "data", "train", "sample", "fid"},
     "sample": {"sample"}, "inpaint": {"sample"}, "interpolate": {"sample"}, "fid": {"fid", "data", "sample"},
-    "noise-demo": {"diffusion"}, "inspect": {"model", "diffusion", "data", "train", "sample", "fid"},
+    "noise-demo": {"diffusion"}, "serve": {"sample"}, "inspect": {"model", "diffusion", "data", "train", "sample", "fid"},
 }
 NO_SETTINGS = {"report"}  # reads a run folder only: no --preset/--config/--set
 # options that set no setting: what to write, where, and how to show it
@@ -43,6 +43,7 @@ PLAIN = {
     "--help", "--config", "--preset", "--set", "--out", "--out-json", "--preview-png", "--force", "--gif", "--scale",
     "--no-ema", "--progress", "--no-progress", "--resume", "--mask", "--jump", "--resample", "--attr", "--guidance",
     "--seeds", "--images", "--frames", "--refine", "--bounce", "--no-bounce", "--t", "--no-compile",
+    "--host", "--port", "--max-upload-mb",
 }
 FILE_SUFFIXES = ("-json", "-png", "-yaml")
 
