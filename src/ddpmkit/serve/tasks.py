@@ -154,8 +154,7 @@ class InterpolateJob:
         result = walk(opened, smp, ends, self.frames, self.cfg.batch_size, refine=self.refine,
                       eps_wrap=lambda eps: ctx.counted(eps, total))
         errors = write_walk(ctx.folder, result, None, bounce=True)
-        frames = sorted((ctx.folder / "frames").glob("*.png"))
-        ctx.images(frames)
+        frames = sorted((ctx.folder / "frames").glob("*.png"))  # shown as the strip; each frame a link
         inputs = ctx.folder / "inputs.png"
         return {"images": [ctx.url(p) for p in frames], "strip": ctx.url(ctx.folder / "strip.png"),
                 "gif": ctx.url(ctx.folder / "interpolation.gif"),
