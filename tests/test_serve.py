@@ -422,6 +422,24 @@ def test_serve_command_starts_prints_its_address_and_stops(root, tmp_path):
         assert proc.wait(timeout=30) == 0
 
 
+def test_load_check_benchmark_runs(root, tmp_path, capsys):
+    """benchmarks/bench_serve.py on a tiny run: its checks pass and it says so (its timings are
+    for an idle machine, not for a test)."""
+    sys.path.insert(0, str(SRC.parent / "benchmarks"))
+    import bench_serve
+
+    assert bench_serve.main([str(root / "runs" / "plain"), "--clients", "3", "--n", "2", "--steps", "3",
+                             "--out-json", str(tmp_path / "load.json")]) == 0
+    summary = json.loads((tmp_path / "load.json").read_text())
+    assert summary["ok"] and summary["problems"] == [] and len(summary["jobs"]) == 3
+    assert all(j["position"] >= 1 and j["state"] == "done" for j in summary["jobs"])
+    assert "in queue order" in capsys.readouterr().out
+    assert bench_serve.check([{"id": "generate2", "started": 1.0, "state": "done", "images_ok": 2},
+                              {"id": "generate1", "started": 2.0, "state": "failed", "images_ok": 0}], 2) == [
+        "generate1: failed", "generate1: 0 of 2 images", "jobs did not start in the order they were queued: "
+        "generate1, generate2"]
+
+
 def test_serve_command_errors(root, tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
