@@ -449,6 +449,8 @@ def test_serve_command_errors(root, tmp_path):
     assert r.exit_code == 2 and f"port {port} on 127.0.0.1 is in use" in r.output
     r = CliRunner().invoke(cli_app, ["serve", str(root / "runs"), "--set", "sample.sampler=ddmp"])
     assert r.exit_code == 2 and "sample.sampler" in r.output
+    r = CliRunner().invoke(cli_app, ["serve", str(tmp_path / "nowhere")])
+    assert r.exit_code == 2 and "is not a folder" in r.output
     assert server.public_warning("127.0.0.1") is None and "anyone" in server.public_warning("0.0.0.0")
 
 

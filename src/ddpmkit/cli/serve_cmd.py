@@ -52,6 +52,9 @@ def serve(
         raise DdpmkitError(f"ddpmkit serve needs its web extra ({e.name} is missing): pip install 'ddpmkit[ui]'") from None
     from ddpmkit.device import resolve_device
 
+    for folder in runs or []:
+        if not folder.is_dir():
+            raise DdpmkitError(f"{folder} is not a folder: give run folders, or folders holding runs")
     settings = resolve_settings(config, preset, sets, {"train": {"device": device}})
     asked = asked_sample(config, sets)
     sample_defaults(settings, asked)  # a bad --set sample.* is one line now, not on every run
@@ -69,6 +72,9 @@ def serve(
         console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
     for problem in served.problems:
         console.print(f"left out {problem}", markup=False, soft_wrap=True)
+    if not listed:
+        console.print("[yellow]warning:[/] no run with a checkpoint there yet (ddpmkit train makes one); "
+                      "the page lists runs as they appear", soft_wrap=True)
     where = ", ".join(str(r) for r in served.roots)
     console.print(f"serving {len(listed)} run(s) from {where} on {served.device}; outputs in {out_dir}",
                   markup=False, soft_wrap=True)

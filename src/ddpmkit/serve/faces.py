@@ -42,6 +42,7 @@ def face_x0(source: str, settings: Settings) -> Tensor:
 
 
 def face_png(source: str, settings: Settings) -> bytes:
+    """The face as the run's data, S x S, as PNG bytes (what the page paints a mask over)."""
     return png_bytes(Image.fromarray(face_pixels(source, settings).permute(1, 2, 0).contiguous().numpy()))
 
 
