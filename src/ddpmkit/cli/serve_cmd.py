@@ -40,10 +40,7 @@ def serve(
     --config and --set sample.* change the defaults the page shows.
     --preset and --config also describe foreign weights.
     """
-    if not 1 <= max_upload_mb <= 1024:
-        raise DdpmkitError(f"--max-upload-mb {max_upload_mb} is out of range: 1 to 1024")
-    if not 0 <= port <= 65535:
-        raise DdpmkitError(f"--port {port} is out of range: 0 to 65535")
+    check_options(runs, port, max_upload_mb)
     try:  # lazy: the web stack is an extra, and torch loads when the command runs, not for --help
         from ddpmkit.serve import server
         from ddpmkit.serve.app import make_app
@@ -52,9 +49,6 @@ def serve(
         raise DdpmkitError(f"ddpmkit serve needs its web extra ({e.name} is missing): pip install 'ddpmkit[ui]'") from None
     from ddpmkit.device import resolve_device
 
-    for folder in runs or []:
-        if not folder.is_dir():
-            raise DdpmkitError(f"{folder} is not a folder: give run folders, or folders holding runs")
     settings = resolve_settings(config, preset, sets, {"train": {"device": device}})
     asked = asked_sample(config, sets)
     sample_defaults(settings, asked)  # a bad --set sample.* is one line now, not on every run
@@ -86,3 +80,14 @@ def serve(
     except KeyboardInterrupt:  # Ctrl-C is how a server is stopped: not a failure
         pass
     console.print("stopped", markup=False)
+
+
+def check_options(runs: Optional[list[Path]], port: int, max_upload_mb: int) -> None:
+    """The folders exist, the numbers are in range: one line each, before anything starts."""
+    if not 1 <= max_upload_mb <= 1024:
+        raise DdpmkitError(f"--max-upload-mb {max_upload_mb} is out of range: 1 to 1024")
+    if not 0 <= port <= 65535:
+        raise DdpmkitError(f"--port {port} is out of range: 0 to 65535")
+    for folder in runs or []:
+        if not folder.is_dir():
+            raise DdpmkitError(f"{folder} is not a folder: give run folders, or folders holding runs")
