@@ -28,6 +28,7 @@ QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed"
 FINISHED = (DONE, FAILED, CANCELLED)
 MAX_WAITING = 32  # jobs waiting at once; more is refused with a message
 KEEP_FINISHED = 64  # finished jobs the server remembers (their files stay on disk)
+KEEP_FRAMES = 8  # finished jobs whose live pictures stay in memory (each up to ~40 small PNGs)
 PROGRESS_EVERY_S = 0.2  # progress events at most this often (DDPM makes 1,000 calls a batch)
 FILE_PATH = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*")
 
@@ -209,7 +210,7 @@ class JobQueue:
         job = self.job(job_id)
         png = job.frames.get(index) if isinstance(index, int) else None
         if png is None:
-            raise Missing(f"job {job.id} has no live picture {str(index)[:20]} (only the last is kept at the end)")
+            raise Missing(f"job {job.id} has no live picture {str(index)[:20]} (kept for the newest jobs only)")
         return png
 
     def file(self, job_id: Any, rel: str) -> Path:
@@ -235,10 +236,10 @@ class JobQueue:
 
     def _finish(self, job: Job, state: str, **data: Any) -> None:
         job.state = state
-        last = max(job.frames, default=None)
-        job.frames = {last: job.frames[last]} if last is not None else {}
         self._tell(job, state, **data)
         done = [j for j in self._jobs.values() if j.state in FINISHED]
+        for old in done[:-KEEP_FRAMES]:  # a page may still be fetching the last frames of a job just ended
+            old.frames = {}
         for old in done[:-KEEP_FINISHED]:
             del self._jobs[old.id]
 
