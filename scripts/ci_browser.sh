@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install Chromium from the Debian packages for the report's browser test (tests/test_report.py).
+# Install Chromium from the Debian packages for the browser tests (tests/test_report.py, and
+# tests/test_serve.py through Playwright, which is told to use this Chromium and downloads none).
 # Idempotent: does nothing when /usr/bin/chromium is there. Needs root (CI runs as root).
 # About 45 s here (apt-get update plus ~110 MB of packages).
 set -euo pipefail

@@ -30,14 +30,14 @@ USAGE = {
     "prepare": "[OPTIONS]", "train": "[OPTIONS]", "sample": "[OPTIONS] [RUN]", "inpaint": "[OPTIONS] [RUN] IMAGE",
     "noise-demo": "[OPTIONS] IMAGE", "inspect": "[OPTIONS] [PATH]", "fid": "[OPTIONS] SOURCE [REFERENCE]",
     "report": "[OPTIONS] [RUN]", "interpolate": "[OPTIONS] [RUN]", "export": "[OPTIONS] RUN OUT",
-    "import": "[OPTIONS] SRC",
+    "import": "[OPTIONS] SRC", "serve": "[OPTIONS] [RUN]...",
 }
 # the settings sections each command reads (its --set example must be one of them)
 READS = {
     "prepare": {"data"}, "train": {"model", "diffusion", "data", "train", "sample", "fid"},
     "sample": {"sample"}, "inpaint": {"sample"}, "interpolate": {"sample"}, "fid": {"fid", "data", "sample"},
     "noise-demo": {"diffusion"}, "inspect": {"model", "diffusion", "data", "train", "sample", "fid"},
-    "import": {"data", "train", "sample", "fid"},
+    "import": {"data", "train", "sample", "fid"}, "serve": {"sample"},
 }
 NO_SETTINGS = {"report", "export"}  # read a run folder only: no --preset/--config/--set
 # options that set no setting: what to write, where, and how to show it
@@ -45,7 +45,7 @@ PLAIN = {
     "--help", "--config", "--preset", "--set", "--out", "--out-json", "--preview-png", "--force", "--gif", "--scale",
     "--no-ema", "--progress", "--no-progress", "--resume", "--mask", "--jump", "--resample", "--attr", "--guidance",
     "--seeds", "--images", "--frames", "--refine", "--bounce", "--no-bounce", "--t", "--no-compile",
-    "--format", "--scheduler-json", "--revision", "--replan",
+    "--format", "--scheduler-json", "--revision", "--replan", "--host", "--port", "--max-upload-mb",
 }
 FILE_SUFFIXES = ("-json", "-png", "-yaml")
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from ddpmkit.errors import DdpmkitError
+from ddpmkit.settings import GUIDANCE, MAX_GUIDANCE
 
 
 def rows_missing(attributes: Tensor) -> Tensor:
@@ -87,3 +88,32 @@ def attribute_label(names: Sequence[str], cond: Tensor) -> str:
     present = [n for i, n in enumerate(names) if cond[i] > 0]
     absent = [n for i, n in enumerate(names) if cond[i] < 0]
     return "attr_" + "+".join(present) + "".join("-" + n for n in absent)
+
+
+def unconditional_reason(cond_dim: int, names: Sequence[str]) -> Optional[str]:
+    """Why attributes cannot be asked of a run (None: they can): an unconditional run, or one
+    that stores no attribute names for its condition entries."""
+    if not cond_dim:
+        return "this run is unconditional (trained without --condition attributes)"
+    if len(names) != cond_dim:
+        return f"this run stores no attribute names for its {cond_dim} condition entries"
+    return None
+
+
+def asked_condition(cond_dim: int, names: Sequence[str], attrs: Sequence[str],
+                    guidance: Optional[float]) -> tuple[Optional[Tensor], float, str]:
+    """Asked attributes ("Name" present, "-Name" absent) and guidance against a run's attributes:
+    (condition (K,) or None, guidance weight, a folder-name suffix such as
+    "-attr_Eyeglasses+Smiling-Male-w3", "" when none is asked). One-line errors."""
+    if not attrs:
+        if guidance is not None:
+            raise DdpmkitError("--guidance needs --attr: it weighs the asked attributes against none")
+        return None, 1.0, ""
+    reason = unconditional_reason(cond_dim, names)
+    if reason is not None:
+        raise DdpmkitError(f"--attr: {reason}; sample it without --attr")
+    w = GUIDANCE if guidance is None else guidance
+    if not 0 <= w <= MAX_GUIDANCE:
+        raise DdpmkitError(f"--guidance {w:g} is out of range: 0 (unconditional) to {MAX_GUIDANCE:g}")
+    cond = attribute_vector(names, attrs)
+    return cond, w, f"-{attribute_label(names, cond)}-w{w:g}"

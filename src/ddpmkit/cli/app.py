@@ -29,6 +29,7 @@ from ddpmkit.cli.noise_demo_cmd import noise_demo
 from ddpmkit.cli.prepare_cmd import prepare
 from ddpmkit.cli.report_cmd import report
 from ddpmkit.cli.sample_cmd import sample
+from ddpmkit.cli.serve_cmd import serve
 from ddpmkit.cli.train_cmd import train
 from ddpmkit.io_utils import ignore_sigxfsz
 
@@ -104,6 +105,7 @@ def _root(
       ddpmkit train --epochs 50
       ddpmkit sample --n 16 --gif
       ddpmkit noise-demo face.jpg
+      ddpmkit serve                 (a page in the browser over the runs under runs/)
     `ddpmkit COMMAND --help` shows a command's options and examples.
     """
 
@@ -119,6 +121,7 @@ app.command(cls=Command)(report)
 app.command(cls=paired_command(Command))(interpolate)
 app.command(cls=Command)(export)
 app.command("import", cls=Command)(import_)
+app.command(cls=Command)(serve)
 
 
 def main() -> None:

@@ -91,10 +91,7 @@ def resolve_sample_config(
     # lazy: the samplers import torch, which `ddpmkit --help` must not load
     from ddpmkit.samplers import default_steps
 
-    user = dict(read_yaml(config, "config file").get("sample", {}) if config else {})
-    for assignment in sets or []:
-        user.update(parse_assignment(assignment).get("sample", {}))
-    user.update({k: v for k, v in options.items() if v is not None})
+    user = {**asked_sample(config, sets), **{k: v for k, v in options.items() if v is not None}}
     try:
         cfg = SampleConfig.model_validate({**stored.model_dump(), **user})
     except ValidationError as e:
@@ -107,6 +104,15 @@ def resolve_sample_config(
     if steps > T:
         raise DdpmkitError(f"--steps {steps} is more than the model's T = {T} diffusion steps")
     return cfg.model_copy(update={"steps": steps})
+
+
+def asked_sample(config: Optional[Path], sets: Optional[list[str]]) -> dict[str, Any]:
+    """The sampling settings a user asked for on top of a run's own: --config's `sample` section,
+    then each --set sample.KEY=VALUE (unchecked: the run's settings are needed to check them)."""
+    user = dict(read_yaml(config, "config file").get("sample", {}) if config else {})
+    for assignment in sets or []:
+        user.update(parse_assignment(assignment).get("sample", {}))
+    return user
 
 
 def is_tty() -> bool:

@@ -19,7 +19,7 @@ from ddpmkit.cli.common import (ConfigOpt, PresetOpt, console, counted, default_
 from ddpmkit.cli.options import DeviceOpt, ForceOpt, NoEmaOpt, ProgressOpt, RunArg, n_option, out_option, set_option
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.progress import Progress
-from ddpmkit.settings import MAX_SEED
+from ddpmkit.settings import GUIDANCE, MAX_SEED
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 GRID_MAX = 64  # grid.png shows the first 64 images at most (8x8)
 RUN = "the run's settings"
 SetOpt = set_option("sample.eta=0.5")
-GUIDANCE = 3.0  # --guidance when --attr is given without it
 ATTR_HELP = ("Ask for an attribute of a conditional run (train --condition attributes): Name = present, -Name = "
              "absent (repeatable; names as the run's attribute file, any case). Attributes not named are left "
              "unspecified: 'any', as training hid attributes at random (train.hide_attributes).")
@@ -84,7 +83,9 @@ def _sample(opened: "OpenRun", newest: bool, cfg: "SampleConfig", dist: Any, *, 
             out: Optional[Path], force: bool, progress: bool, attr: Optional[list[str]],
             guidance: Optional[float]) -> None:
     """`sample` in one process of `dist` (all of it without torchrun): its share of the images."""
-    from ddpmkit.samplers import make_sampler  # lazy, as in sample()
+    # lazy, as in sample()
+    from ddpmkit.conditioning import asked_condition
+    from ddpmkit.samplers import make_sampler
 
     m = opened.settings.model
     cond, w, wanted = asked_condition(m.cond_dim, m.cond_names, attr or [], guidance)
@@ -145,28 +146,6 @@ def check_options(cfg: "SampleConfig", scale: Optional[int]) -> None:
         raise DdpmkitError(f"--seed {cfg.seed} is out of range: 0 to {MAX_SEED:,}")
     if scale is not None and not 1 <= scale <= 64:
         raise DdpmkitError(f"--scale {scale} is out of range: a whole factor from 1 to 64")
-
-
-def asked_condition(cond_dim: int, names: tuple[str, ...], attrs: list[str],
-                    guidance: Optional[float]) -> tuple[Optional["Tensor"], float, str]:
-    """--attr and --guidance against the run's attributes: (condition (K,) or None, guidance weight,
-    a folder-name suffix such as "-attr_Eyeglasses+Smiling-Male-w3", "" without --attr). One-line errors."""
-    from ddpmkit.conditioning import attribute_label, attribute_vector  # lazy: imports torch
-
-    if not attrs:
-        if guidance is not None:
-            raise DdpmkitError("--guidance needs --attr: it weighs the asked attributes against none")
-        return None, 1.0, ""
-    if not cond_dim:
-        raise DdpmkitError("--attr: this run is unconditional (trained without --condition attributes); "
-                           "sample it without --attr")
-    if len(names) != cond_dim:
-        raise DdpmkitError(f"--attr: this run stores no attribute names for its {cond_dim} condition entries")
-    w = GUIDANCE if guidance is None else guidance
-    if not 0 <= w <= 100:
-        raise DdpmkitError(f"--guidance {w:g} is out of range: 0 (unconditional) to 100")
-    cond = attribute_vector(names, attrs)
-    return cond, w, f"-{attribute_label(names, cond)}-w{w:g}"
 
 
 class SampleWriter:

@@ -31,7 +31,9 @@ from ddpmkit.settings.sections import (
     DEFAULT_SAMPLE_BATCH,
     FID_WEIGHTS_ENV,
     GROUPNORM_EPS,
+    GUIDANCE,
     MASK_NAMES,
+    MAX_GUIDANCE,
     MAX_SEED,
     REPAINT_JUMP,
     REPAINT_RESAMPLE,
@@ -48,7 +50,8 @@ from ddpmkit.settings.sections import (
 )
 
 __all__ = [
-    "DATA_ROOT_ENV", "DEFAULT_PRESET", "DEFAULT_SAMPLE_BATCH", "CompileChoice", "Precision", "FID_WEIGHTS_ENV", "GROUPNORM_EPS", "MASK_NAMES", "MAX_SEED", "PRESET_DIR", "PRESET_MACHINE",
+    "DATA_ROOT_ENV", "DEFAULT_PRESET", "DEFAULT_SAMPLE_BATCH", "CompileChoice", "Precision", "FID_WEIGHTS_ENV",
+    "GROUPNORM_EPS", "GUIDANCE", "MASK_NAMES", "MAX_GUIDANCE", "MAX_SEED", "PRESET_DIR", "PRESET_MACHINE",
     "REPAINT_JUMP", "REPAINT_RESAMPLE", "REPAINT_STEPS",
     "DataConfig", "DiffusionConfig", "FidConfig", "ModelConfig", "PresetInfo", "SampleConfig", "Settings",
     "TrainConfig", "available_presets", "build_settings", "check_unet_shape", "deep_merge",

@@ -27,6 +27,9 @@ DEFAULT_SAMPLE_BATCH = 64  # sample.batch_size None: this many off CUDA (CUDA: f
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 # train.compile / sample.compile: auto = on for CUDA, off elsewhere (compiling.decide_compile)
 CompileChoice = Union[bool, Literal["auto"]]
+# classifier-free guidance of a conditional run: the weight when attributes are asked for without
+# one, and the largest accepted (0 = unconditional, 1 = conditional)
+GUIDANCE, MAX_GUIDANCE = 3.0, 100.0
 
 
 class _Section(BaseModel):
