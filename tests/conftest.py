@@ -24,6 +24,7 @@ import pytest
 from celeba_files import CelebaFiles, shared_celeba, write_generated_celeba
 from ddpmkit.fid import weights as fid_weights
 from ddpmkit.settings import FID_WEIGHTS_ENV
+from ddpmkit.runfolder import RunFolder
 from ddpmkit.settings import Settings, build_settings, deep_merge
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,3 +175,8 @@ def torchrun(args: list[str], cwd: Path, nproc: int = 2, timeout: float = 180) -
         pytest.fail(f"torchrun hung for {timeout}s (a deadlock?): {' '.join(cmd)}\n{e.stderr!s:.4000}")
     assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc
+
+
+def latest_checkpoint(root: Path) -> Optional[Path]:
+    """The newest resume point in the checkpoints folder `root` (the run folder's own rule)."""
+    return RunFolder(root.parent).latest_checkpoint(resumable=True)

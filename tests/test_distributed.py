@@ -17,15 +17,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ddpmkit.runfolder import STATE_FILE, RunFolder
+from ddpmkit.runfolder import STATE_FILE
 from ddpmkit.train import TrainResult, train
 
-from conftest import tiny, torchrun
+from conftest import latest_checkpoint, tiny, torchrun
 
-
-def latest_checkpoint(root):
-    """The newest resume point in the checkpoints folder `root` (the run folder's own rule)."""
-    return RunFolder(root.parent).latest_checkpoint(resumable=True)
 
 WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
 TIMEOUT_S = 180  # a hung collective fails the test instead of blocking CI

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny
+from conftest import latest_checkpoint, tiny
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.train import build_trainer, train
 from ddpmkit.train.optim import lr_at
@@ -45,7 +45,7 @@ def test_the_schedule_the_ema_and_the_step_count_follow_optimizer_steps(tmp_path
     result = train(s, log=lambda m: None, progress=False)
     assert result.step == 3
     assert [r["lr"] for r in result.history] == [lr_at(i, s.train.lr, 10) for i in range(3)]
-    from ddpmkit.checkpoint import STATE_FILE, latest_checkpoint
+    from ddpmkit.runfolder import STATE_FILE
 
     state = torch.load(latest_checkpoint(tmp_path / "run" / "checkpoints") / STATE_FILE, weights_only=True)
     assert state["step"] == 3 and state["ema_updates"] == 3

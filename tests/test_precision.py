@@ -14,8 +14,8 @@ import json
 import pytest
 import torch
 
-from conftest import tiny
-from ddpmkit.checkpoint import STATE_FILE, latest_checkpoint
+from conftest import latest_checkpoint, tiny
+from ddpmkit.runfolder import STATE_FILE
 from ddpmkit.device import autocast
 from ddpmkit.precision import choose_precision
 from ddpmkit.train import build_trainer

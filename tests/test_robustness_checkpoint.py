@@ -31,12 +31,8 @@ from ddpmkit.io_utils import remove_leftovers
 from ddpmkit.nn import UNet
 from ddpmkit.train import train
 
-from conftest import tiny
+from conftest import latest_checkpoint, tiny
 
-
-def latest_checkpoint(root):
-    """The newest resume point in the checkpoints folder `root` (the run folder's own rule)."""
-    return RunFolder(root.parent).latest_checkpoint(resumable=True)
 
 
 SRC = Path(__file__).resolve().parents[1] / "src"

@@ -12,15 +12,11 @@ from ddpmkit.checkpoint import load_model
 from ddpmkit.generate import eps_fn, generate
 from ddpmkit.samplers import make_sampler
 from ddpmkit.schedule import NoiseSchedule
-from ddpmkit.runfolder import STATE_FILE, RunFolder
+from ddpmkit.runfolder import STATE_FILE
 from ddpmkit.train import train
 
-from conftest import tiny
+from conftest import latest_checkpoint, tiny
 
-
-def latest_checkpoint(root):
-    """The newest resume point in the checkpoints folder `root` (the run folder's own rule)."""
-    return RunFolder(root.parent).latest_checkpoint(resumable=True)
 
 
 def _quiet(settings, **kw):
