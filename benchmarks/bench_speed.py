@@ -251,7 +251,7 @@ def run_all(p: Plan, partial: Callable[[list[Row]], None] = lambda rows: None) -
     """Every measurement of the plan, as rows, and the notes that go under the table.
 
     `partial(rows)` sees the rows after each measurement, so a run stopped at a time limit still
-    leaves what it measured (gpu_check.py gives the compiled variant whatever time is left).
+    leaves what it measured (the GPU kit, gpukit/work_stages.py, gives the compiled variant a time limit).
     """
     rows: list[Row] = []
     gk, gf = forward_gflops(p.preset)

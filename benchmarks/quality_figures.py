@@ -1,4 +1,4 @@
-"""The README's pictures of one quality run: samples beside real faces, and its loss and FID curves.
+"""The pictures of one quality run: samples beside real faces, and its loss and FID curves (docs/celeba.md).
 
     PYTHONPATH=src .venv/bin/python benchmarks/quality_figures.py RUN --name c32-60min \\
         [--data data/cache/celeba-official-32-ddim-train-XXXX] [--jsonl benchmarks/quality_runs.jsonl] \\
@@ -8,7 +8,7 @@ RUN: a run directory of `benchmarks/quality_cpu.py` (its final checkpoint is sam
 Writes OUT_samples.png (left: N samples of the EMA model, right: the first N faces of the
 prepared data, both 8 to a row, enlarged 3x) and OUT_curves.png (the training loss, raw and
 smoothed, and FID of --name's rows of --jsonl against the step). Prints the commands that made
-them, for the README.
+them, for docs/celeba.md.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ def markdown(rows: list[Row], header: dict[str, str], notes: list[str]) -> str:
 
 
 def write_json(path: Path, rows: list[Row], header: dict[str, Any], notes: list[str]) -> None:
-    """Every row with its numbers (None where not measured), for scripts such as gpu_check.py."""
+    """Every row with its numbers (None where not measured), for scripts such as the GPU kit (gpukit/work_stages.py)."""
     data = {"header": header, "rows": [asdict(r) for r in rows], "notes": notes}
     path.write_text(json.dumps(data, indent=2) + "\n")
 

@@ -56,7 +56,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                     help=f"the FID Inception weights file {WEIGHTS_NAME} (default $DDPMKIT_FID_WEIGHTS)")
     ap.add_argument("--n-ref", type=int, help="images behind the reference statistics (default 2048; tiny 6)")
     ap.add_argument("--max-bytes", type=parse_bytes, help="the most one copy to the GPU machine may hold, the repository "
-                    "included (e.g. 64MiB): the weights go in pieces and the pack shrinks to fit (default: no limit)")
+                    "included (e.g. 100MB): the weights go in pieces and the pack shrinks to fit (default: no limit)")
     return parse_shared(ap, argv)
 
 

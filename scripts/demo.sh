@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The four commands as a new user runs them: prepare, train, sample, noise-demo.
-# With CelebA in ./data/celeba (see README) it is prepared at 32 px and `train` picks the preset for
+# With CelebA in ./data/celeba (see docs/celeba.md) it is prepared at 32 px and `train` picks the preset for
 # that size and machine (celeba32 on a CPU: one hour, its time budget); without it, the demo on
 # generated faces (five minutes). Extra arguments go to `train` (e.g. scripts/demo.sh --time 10m,
 # or --max-steps 500 for a fixed length). RUN_DIR=... picks the run.

@@ -6,7 +6,7 @@
 #   DDPMKIT_DATA_ROOT=../shared/celeba DDPMKIT_FID_WEIGHTS=../shared/fid/pt_inception-2015-12-05-fid-nofc.pth \
 #     bash scripts/gpu_bundle.sh            # the GPU run's bundle: 7 wheels from PyPI; the reference
 #                                           # statistics take ~20 min of 2 CPU cores once (then cached)
-#   ... bash scripts/gpu_bundle.sh --max-bytes 64MiB   # each copy to the GPU machine at most 64 MiB
+#   ... bash scripts/gpu_bundle.sh --max-bytes 100MB   # each copy to the GPU machine at most 100 MB
 #   ... bash scripts/gpu_bundle.sh --tiny   # (or DDPMKIT_GPU_CHECK_TINY=1) the CPU dry run's: no downloads
 #
 # Options: --celeba DIR, --fid-weights FILE, --n-ref N, --max-bytes N, --dir DIR (gpukit/bundle.py --help).

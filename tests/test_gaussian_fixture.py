@@ -85,7 +85,7 @@ def test_fixture_ode_map_composes_and_moves_marginals(data):
 # ----------------------------------------------------------------------------- deterministic samplers
 
 
-# the largest error each reaches with its default spacing (trailing): what the README quotes
+# the largest error each reaches with its default spacing (trailing): what docs/samplers.md quotes
 BOUNDS = {
     "ddim": {5: 1.02, 10: 0.60, 15: 0.42, 20: 0.32, 25: 0.26, 50: 0.135, 1000: 0.0075},
     "dpmsolver++": {5: 1.01, 10: 0.53, 15: 0.30, 20: 0.215, 25: 0.175, 50: 0.085, 200: 0.02},

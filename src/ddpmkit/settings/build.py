@@ -29,7 +29,7 @@ from ddpmkit.settings.sections import (
 
 PRESET_DIR = Path(__file__).parent.parent / "presets"
 DEFAULT_PRESET = "demo"
-# The machine each preset is sized for (the rule of the README's preset table): a CPU preset trains
+# The machine each preset is sized for (the rule of docs/settings.md's preset table): a CPU preset trains
 # in minutes to hours on a laptop; a GPU preset is a paper's model, days on a CPU.
 PRESET_MACHINE = {"demo": "cpu", "celeba32": "cpu", "celeba64": "gpu", "celeba128": "gpu"}
 

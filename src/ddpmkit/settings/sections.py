@@ -267,7 +267,7 @@ class SampleConfig(_Section):
         None,
         description="what samplers do with the predicted x_0: none; clip to [-1, 1]; clip and recompute "
         "eps from it (clip_eps); dynamic thresholding (Saharia et al. 2022, p = 0.995); None = the "
-        "sampler's default, chosen by measurement (README: Samplers)",
+        "sampler's default, chosen by measurement (docs/samplers.md)",
     )
     n: int = Field(16, ge=1)
     batch_size: Optional[int] = Field(

@@ -1,6 +1,6 @@
 """Which preset a bare `ddpmkit train` uses, and a preset fitted to another image size.
 
-The rule (README, "Presets"): presets are named by data and size, each sized for a machine.
+The rule (docs/settings.md, "Presets"): presets are named by data and size, each sized for a machine.
 
     data          CelebA at data.root, or a prepared CelebA cache in data.cache_dir; else the
                   generated demo faces (preset demo)
