@@ -197,7 +197,8 @@ def _say(r: dict[str, Any]) -> None:
     if s and d:
         colour = (f", saturated {100 * s['saturated_all']:.1f}% (data {100 * d['saturated_all']:.1f}%)"
                   f", std {sum(s['std']) / 3:.0f} (data {sum(d['std']) / 3:.0f})")
-    print(f"{r['name']} step {r['step']}: {r['sampler']} {r['steps']} x0={r['x0']}: FID {r['fid']:.2f} "
+    kid = f", KID x10^3 {r['kid']['mean_x1e3']:.1f}" if r.get("kid") else ""
+    print(f"{r['name']} step {r['step']}: {r['sampler']} {r['steps']} x0={r['x0']}: FID {r['fid']:.2f}{kid} "
           f"(n {r['n']}){colour}, train {r['img_per_s']} img/s", flush=True)
 
 
@@ -218,7 +219,8 @@ def run(a: argparse.Namespace) -> list[dict[str, Any]]:
                 r = {**facts, "step": step, "images_seen": step * facts["batch_size"],
                      "train_wall_s": wall_at(log, step, start), "img_per_s": steady_rate(log, step),
                      "stopped_by_time": stopped and step == final, "sampler": sampler, "steps": steps, "x0": x0,
-                     "n": result["n"], "fid": round(result["fid"], 4), "colour": result.get("colour"),
+                     "n": result["n"], "fid": round(result["fid"], 4), "kid": result.get("kid"),
+                     "colour": result.get("colour"),
                      "sample_seed": result.get("seed"), "eval_s": seconds, "eval_command": cmd,
                      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
                 a.out.parent.mkdir(parents=True, exist_ok=True)

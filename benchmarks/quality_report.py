@@ -13,10 +13,10 @@ from typing import Any, Optional
 TITLE = "# Sample quality on the CPU: FID and colours against wall-clock"
 
 HEAD = (
-    "| run | preset, settings | step | images seen | train min | img/s | sampler | x̂_0 | n | FID "
+    "| run | preset, settings | step | images seen | train min | img/s | sampler | x̂_0 | n | FID | KID x10³ "
     "| saturated % (data) | mean R/G/B (data) | std R/G/B (data) | date |"
 )
-ALIGN = "|---|---|--:|--:|--:|--:|---|---|--:|--:|--:|---|---|---|"
+ALIGN = "|---|---|--:|--:|--:|--:|---|---|--:|--:|--:|--:|---|---|---|"
 
 
 def read_records(path: Path) -> tuple[list[dict[str, Any]], int]:
@@ -70,11 +70,18 @@ def row(r: dict[str, Any]) -> str:
     cells = [
         f"{r['name']}", sets, _num(r.get("step"), ",d") + stopped, _num(r.get("images_seen"), ",d"),
         _num(minutes, ".1f"), _num(r.get("img_per_s"), ".1f"), f"{r.get('sampler', '?')} {r.get('steps', '?')}",
-        str(r.get("x0", "?")), _num(r.get("n"), ",d"), _num(r.get("fid"), ".2f"), sat,
+        str(r.get("x0", "?")), _num(r.get("n"), ",d"), _num(r.get("fid"), ".2f"), _kid(r.get("kid")), sat,
         _with_data(_rgb(s.get("mean")), _rgb(d.get("mean"))), _with_data(_rgb(s.get("std")), _rgb(d.get("std"))),
         str(r.get("date", "?"))[:10],
     ]
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def _kid(kid: Any) -> str:
+    """KID x10³ as `mean ± std`; — for evaluations made before KID existed."""
+    if not isinstance(kid, dict) or not isinstance(kid.get("mean_x1e3"), (int, float)):
+        return "—"
+    return f"{kid['mean_x1e3']:.1f} ± {kid.get('std_x1e3', 0):.1f}"
 
 
 def commands(records: list[dict[str, Any]]) -> list[str]:

@@ -52,9 +52,11 @@ def test_two_processes_give_the_fid_of_one(run):
     _one_process(["sample", str(run / "run"), "--n", "4", *OPTS, "--out", str(run / "ref")])
     fid = ["fid", str(run / "run"), str(run / "ref" / "images"), "--set", f"fid.n={N}", *OPTS,
            "--set", f"data.cache_dir={run / 'cache'}"]
-    _one_process([*fid, "--out", str(run / "one.json")])
-    torchrun(["-m", "ddpmkit", *fid, "--out", str(run / "two.json")], cwd=run)
+    _one_process([*fid, "--out-json", str(run / "one.json")])
+    torchrun(["-m", "ddpmkit", *fid, "--out-json", str(run / "two.json")], cwd=run)
     one, two = (json.loads((run / f"{k}.json").read_text()) for k in ("one", "two"))
     assert two["n"] == one["n"] == N
-    assert two["fid"] == pytest.approx(one["fid"], rel=1e-9, abs=1e-9)
+    # the images are the same bytes; Inception sees them in other batches, whose float32
+    # convolutions round differently in the last bits (1e-8 of the FID here)
+    assert two["fid"] == pytest.approx(one["fid"], rel=1e-6)
     assert two["colour"] == one["colour"]
