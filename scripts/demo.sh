@@ -8,19 +8,24 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 DDPMKIT=.venv/bin/ddpmkit
+PRESET=()
 if [ -e data/celeba ]; then
   "$DDPMKIT" prepare --size 32
   RUN_DIR="${RUN_DIR:-runs/celeba32}"
 else
   echo "no CelebA in data/celeba: training the demo model on generated faces"
   RUN_DIR="${RUN_DIR:-runs/demo}"
+  case " $* " in
+    *" --preset "*|*" --preset="*|*" --config "*|*" -c "*) ;;
+    *) PRESET=(--preset demo) ;;  # not whatever CelebA cache train would find elsewhere
+  esac
 fi
 RESUME=()
 if [ -e "$RUN_DIR/config.yaml" ]; then
   echo "$RUN_DIR already holds a run: continuing it (delete it to start over)"
   RESUME=(--resume)
 fi
-"$DDPMKIT" train --run-dir "$RUN_DIR" "${RESUME[@]}" "$@"
+"$DDPMKIT" train --run-dir "$RUN_DIR" "${PRESET[@]}" "${RESUME[@]}" "$@"
 "$DDPMKIT" sample "$RUN_DIR" --n 64 --gif
 IMAGE="$(find data/celeba -name '*.jpg' 2>/dev/null | sort | head -n 1 || true)"
 if [ -n "$IMAGE" ]; then

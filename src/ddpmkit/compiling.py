@@ -3,7 +3,8 @@
 `train.compile` and `sample.compile` are auto, true or false. auto compiles on CUDA, where the
 compiled U-Net is faster and its compile time (a minute or two the first time, seconds once
 Inductor's cache holds the kernels) is small beside a run; it stays off on the CPU, where it was
-measured not to repay itself (celeba32: 97 s of compiling for 1.01x the eager rate), and on MPS.
+measured not to repay itself (celeba32: 76 s of compiling for 1.00x the eager rate,
+benchmarks/results_compile.md), and on MPS.
 
 Inductor's cache goes to the user's cache folder ($XDG_CACHE_HOME/ddpmkit/inductor, default
 ~/.cache/ddpmkit/inductor) unless $TORCHINDUCTOR_CACHE_DIR says otherwise, so a second run of the
