@@ -28,6 +28,7 @@ from ddpmkit.settings import build_settings
 from ddpmkit.train import train
 from ddpmkit.train.budget import Costs, Every, events, length_rule, run_seconds, steps_within
 from ddpmkit.train.optim import lr_at, warmup_of
+from ddpmkit.train.refit import refit_step
 
 from conftest import REPO, tiny
 
@@ -252,3 +253,86 @@ def test_a_step_count_wins_over_a_budget_in_one_line(tmp_path):
     assert "done: step 3" in r.output
     r = runner.invoke(app, ["train", "--config", str(cfg), "--replan", "--no-progress"])
     assert r.exit_code == 2 and "error: --replan" in r.output and "--resume" in r.output
+
+
+# ------------------------------------------------------------------ the early refit
+
+
+@pytest.mark.parametrize("start,end,budget_s,step_s,at", [
+    (0, 5524, 3600, 0.65, 167),      # an hour: refit after 3% of it, 108 s of steps
+    (0, 1500, 300, 0.2, 300),        # five minutes: after the one-minute floor, 20% of the run
+    (0, 100, 20, 0.2, None),         # 20 s: the minute would be past a quarter of the run
+    (2000, 6000, 3600, 0.65, 2167),  # a --replan from step 2,000
+])
+def test_the_refit_step(start, end, budget_s, step_s, at):
+    assert refit_step(start, end, budget_s, step_s) == at
+
+
+class _Run:
+    """What Refit touches of a Trainer: a one-process run of `total` steps at `step`."""
+
+    def __init__(self, total: int) -> None:
+        from ddpmkit.device import DistInfo
+
+        self.step, self.total, self.dist = 0, total, DistInfo(0, 1)
+        self.cfg = build_settings(preset="demo").train
+        self.run_info: dict = {"budget": {"total_steps": total}}
+        self.run_dir, self.retotalled = self, 0
+        self.info_updates: list = []
+
+    def set_total(self, total: int) -> None:
+        self.total = total
+
+    def retotal_progress(self) -> None:
+        self.retotalled += 1
+
+    def update_info(self, **values) -> None:
+        self.info_updates.append(values)
+
+
+@pytest.mark.parametrize("real_step_s,changes", [(0.5, True), (0.7, False)])
+def test_a_run_refits_once_when_its_steps_run_faster_than_the_trial_said(monkeypatch, real_step_s, changes):
+    """The trial said 0.7 s a step and fitted 1,000 steps to 700 s; if the run's steps take 0.5 s,
+    the refit at step 100 lengthens it to what fits (about 100 + 630 / 0.5 steps) and says so; at
+    the trial's pace nothing changes. Either way it happens once."""
+    from ddpmkit.train import refit as R
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(R.time, "perf_counter", lambda: clock["now"])
+    monkeypatch.setattr(R.time, "monotonic", lambda: clock["now"])
+    lines: list[str] = []
+    run = _Run(1000)
+    cb = R.Refit(budget_s=700.0, started=-0.0, costs=Costs(step_s=0.7), every=Every(), at=100, log=lines.append)
+    for step in range(1, 200):
+        clock["now"] += real_step_s
+        run.step = step
+        cb(run)
+    if changes:
+        expected = steps_within(700.0 - 100 * real_step_s, 100, Costs(step_s=real_step_s), Every())
+        assert run.total == expected > 1000 and run.retotalled == 1
+        assert run.info_updates[0]["total_steps"] == expected and run.run_info["budget"]["refit"]["at_step"] == 100
+        assert len(lines) == 1 and "refitted to the budget after 100 steps" in lines[0] and "(was 1,000)" in lines[0]
+    else:
+        assert run.total == 1000 and run.retotalled == 0 and not lines
+    assert cb.done
+
+
+def test_a_real_run_refits_early_and_still_ends_on_its_schedule(tmp_path, monkeypatch):
+    """With the refit brought forward to the run's second step (and any change taken), a budgeted
+    run refits once, records it, and ends at the new length with the last learning rate of the
+    new schedule: the log's last step is the run's total and its lr the schedule's last."""
+    from ddpmkit.train import refit as R
+
+    monkeypatch.setattr(R, "REFIT_MIN_S", 0.0)
+    monkeypatch.setattr(R, "REFIT_SHARE", 1e-9)
+    monkeypatch.setattr(R, "REFIT_TOLERANCE", -1.0)  # even the same length counts as a change
+    run = tmp_path / "run"
+    said: list[str] = []
+    result = train(_budgeted(run, "8s"), log=said.append, progress=False)
+    info = _info(run)
+    assert sum("refitted to the budget after" in m for m in said) == 1, said
+    refit = info["budget"]["refit"]
+    assert refit["at_step"] <= 3 and info["total_steps"] == info["budget"]["total_steps"] == result.step
+    log, tc, n = _log(run), _budgeted(run, "8s").train, result.step
+    assert log[-1]["step"] == n
+    assert log[-1]["lr"] == pytest.approx(lr_at(n - 1, tc.lr, warmup_of(tc, n), n, "cosine"), rel=1e-9)

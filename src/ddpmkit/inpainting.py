@@ -9,7 +9,6 @@ stream no run trains on. The math is `samplers.repaint`; the masks are `masks`.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -18,10 +17,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ddpmkit.data.synthetic import draw_face
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.generate import OpenRun
-from ddpmkit.images import load_face, save_grid, save_png, to_uint8
+from ddpmkit.faces import data_crop, demo_index, read_face
+from ddpmkit.images import save_grid, save_png, to_uint8
 from ddpmkit.masks import MASKS, resolve_mask
 from ddpmkit.diffusion import EpsModel
 from ddpmkit.samplers import DDPMSampler, PerImageNoise, StepCallback
@@ -30,8 +29,6 @@ from ddpmkit.settings import MAX_SEED, Settings
 
 GRID_ROW = 10  # pictures a row of grid.png holds
 TINT = (1.0, -1.0, 1.0)  # magenta, in [-1, 1]: the region to fill on the mask picture
-DEMO = re.compile(r"demo:(\d+)$")  # IMAGE demo:K: demo face K, from a stream no run trains on
-DEMO_STREAM = 1  # added to the run's data.synthetic_seed: another stream shares no face with it
 
 
 @dataclass(frozen=True)
@@ -44,39 +41,14 @@ class Face:
     mask_name: str  # a built-in mask's name, or mask-STEM for a PNG
 
 
-def demo_index(image: str | Path) -> Optional[int]:
-    """K of `demo:K` (when no file of that name exists), else None."""
-    m = DEMO.match(str(image))
-    return int(m.group(1)) if m and not Path(image).exists() else None
-
-
-def data_crop(settings: Settings) -> tuple[str, str]:
-    """(crop, face layout) of the run's data: the demo faces are drawn square (centre square,
-    the demo layout); CelebA and folders use the run's crop (a folder of another aspect falls
-    back to the centre square inside `crop_box`, as `prepare` did)."""
-    if settings.data.dataset == "synthetic":
-        return "full", "demo"
-    return settings.data.crop, settings.data.crop
-
-
-def demo_face(index: int, size: int, synthetic_seed: int) -> Tensor:
-    """Demo face `index` at `size` px, (3, S, S) uint8, drawn from the stream after the run's own
-    (data.synthetic_seed + 1): a face like the training data that the run never saw."""
-    return torch.from_numpy(draw_face(size, synthetic_seed + DEMO_STREAM, index).copy()).permute(2, 0, 1)
-
-
 def face_and_mask(image: str | Path, mask: str, seed: int, settings: Settings) -> Face:
     """The input as the run's data was made and the mask (`masks.resolve_mask`: a built-in name
     or a PNG, white = fill). One-line errors for an unreadable image or mask."""
-    size = settings.data.size
     crop, layout = data_crop(settings)
+    pixels, image_size = read_face(image, settings)
     k = demo_index(image)
-    if k is not None:
-        pixels, image_size, name = demo_face(k, size, settings.data.synthetic_seed), (size, size), f"demo{k}"
-    else:
-        pixels, image_size = load_face(Path(image), crop, size)
-        name = Path(image).stem
-    fill = resolve_mask(mask, size, layout=layout, seed=seed, image_size=image_size, crop=crop)
+    name = f"demo{k}" if k is not None else Path(image).stem
+    fill = resolve_mask(mask, settings.data.size, layout=layout, seed=seed, image_size=image_size, crop=crop)
     mask_name = mask.lower() if mask.lower() in MASKS else "mask-" + Path(mask).stem
     return Face(pixels, fill, name, mask_name)
 

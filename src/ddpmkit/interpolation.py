@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ddpmkit.diffusion import EpsModel
 from ddpmkit.generate import OpenRun
-from ddpmkit.images import load_face, make_grid_image, save_gif, save_grid, save_images, scale_nearest
+from ddpmkit.images import make_grid_image, save_gif, save_grid, save_images, scale_nearest
 from ddpmkit.samplers import PerImageNoise, Sampler, make_sampler, sample
 from ddpmkit.samplers.inversion import ddim_invert, invertible_ddim
 from ddpmkit.samplers.slerp import slerp_path
@@ -36,13 +36,6 @@ HOLD_MS = 1000  # a forward GIF holds its last frame
 def seed_noise(seed: int, shape: tuple[int, int, int], device: torch.device | str) -> Tensor:
     """x_T of image 0 of `seed`, (1, C, H, W) float32 on device: the very draw `generate` makes."""
     return PerImageNoise(seed, 0, 1, device).randn((1, *shape))
-
-
-def face_x0(path: Path, crop: str, size: int) -> Tensor:
-    """One image as the run's data was prepared (`images.load_face`): (1, 3, size, size) float32
-    in [-1, 1], on the CPU."""
-    pixels, _ = load_face(path, crop, size)
-    return (pixels.float() / 127.5 - 1.0).unsqueeze(0)
 
 
 def decode(

@@ -155,6 +155,12 @@ class Progress:
         if self._bar is not None:
             self._bar.update(self._task, completed=done, info=self.info)
 
+    def set_total(self, total: float) -> None:
+        """A new total (work found longer or shorter than planned); the rate is kept."""
+        self.rate.total = total
+        if self._bar is not None:
+            self._bar.update(self._task, total=total)
+
     def advance(self, amount: float = 1) -> None:
         """`amount` more units done (at most `total`): the bar moves, or piped, a throttled line."""
         self.update(min(self.rate.total, self.done + amount))

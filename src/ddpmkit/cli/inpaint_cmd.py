@@ -67,10 +67,11 @@ def inpaint(
     """
     # lazy: torch and the model code load when the command runs, not for `ddpmkit --help`
     from ddpmkit import inpainting as ip
+    from ddpmkit.faces import demo_index
     from ddpmkit.images import check_image
 
     run, image = run_and_image(run, image)
-    if ip.demo_index(image) is None:
+    if demo_index(image) is None:
         check_image(image)  # not found / unreadable: before loading the model
     opened, newest = open_run(run, resolve_settings(config, preset, sets, {"train": {"device": device}}), no_ema)
     T = opened.settings.diffusion.timesteps

@@ -152,9 +152,9 @@ def read_ends(pair: list[Any], from_images: bool, settings: "Settings") -> list[
     (each (1, 3, S, S) in [-1, 1]): an unreadable image is an error before any output."""
     if not from_images:
         return pair
-    from ddpmkit.interpolation import face_x0  # lazy: torch loads when the command runs
+    from ddpmkit.faces import face_x0  # lazy: torch loads when the command runs
 
-    return [face_x0(p, settings.data.crop, settings.data.size) for p in pair]
+    return [face_x0(p, settings) for p in pair]
 
 
 def ddim_config(settings: "Settings", config: Optional[Path], sets: Optional[list[str]], steps: Optional[int]) -> Any:

@@ -23,7 +23,8 @@ from ddpmkit.inpainting import face_and_mask, fills, repaint_chain, save_fills, 
 from ddpmkit.interpolation import walk, walk_calls, walk_sampler, write_walk
 from ddpmkit.pictures import DenoiseRecorder
 from ddpmkit.samplers import make_sampler
-from ddpmkit.serve.faces import face_x0, png_bytes
+from ddpmkit.faces import face_x0
+from ddpmkit.serve.faces import png_bytes
 from ddpmkit.serve.jobs import JobContext, Work
 from ddpmkit.serve.runs import ServedRuns
 from ddpmkit.settings import SampleConfig

@@ -127,6 +127,11 @@ class TrainProgress:
         info = f"loss {record['loss']:.4f} · lr {record['lr']:.2e} · {record['img_per_s']:,.1f} img/s"
         self._progress.line(info, force=True)
 
+    def retotal(self, total: int) -> None:
+        """A new length for the bar (a time-budgeted run refitted early)."""
+        if self._progress is not None:
+            self._progress.set_total(total)
+
     def note(self, text: str) -> None:
         if self._progress is not None:
             self._progress.note(text)

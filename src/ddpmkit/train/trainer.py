@@ -150,6 +150,11 @@ class Trainer:
         self.plan.total, self.plan.epochs = total, total / max(1, len(self.batches))
         self.run_info["total_steps"] = total
 
+    def retotal_progress(self) -> None:
+        """The bar's total after `set_total` changed the length mid-run."""
+        if self._progress is not None:
+            self._progress.retotal(self.total)
+
     def request_stop(self) -> None:
         """Finish the current step, save a checkpoint and return (what Ctrl-C and SIGTERM do)."""
         self._stop_requested = True
