@@ -83,10 +83,7 @@ def inpaint(
     out_dir = output_folder(out, force, opened.settings.sample.out_dir.parent / "inpaint" / label)
     # everything is checked: from here on, output
     say_which_run(opened, newest, "inpainting with")
-    console.print(f"inpainting {n} fill(s) of {image} ({opened.settings.data.size} px, "
-                  f"{float(face.fill.float().mean()):.0%} masked) with RePaint ({steps} steps, jump {jump}, resample "
-                  f"{resample}: {len(repaint):,} network calls a batch) on {opened.denoiser.device} into {out_dir}",
-                  markup=False, soft_wrap=True)
+    say_plan(opened, face, image, n, repaint, out_dir, f"{steps} steps, jump {jump}, resample {resample}")
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     filled = draw_fills(opened, repaint, face, n=n, seed=seed, batch_size=opened.batch_size(batch_size or opened.settings.sample.batch_size, n),
@@ -95,6 +92,13 @@ def inpaint(
     files = "grid.png, fills/, input.png, mask.png" + (", denoise.gif" if gif else "")
     console.print(f"wrote {n} fill(s) in {time.perf_counter() - t0:.1f}s to {out_dir} ({files})",
                   markup=False, soft_wrap=True)
+
+
+def say_plan(run: "OpenRun", face: "Face", image: Path, n: int, repaint: Any, out_dir: Path, chain: str) -> None:
+    """The plan line: what is filled, how much of it, by which chain, where."""
+    console.print(f"inpainting {n} fill(s) of {image} ({run.settings.data.size} px, "
+                  f"{float(face.fill.float().mean()):.0%} masked) with RePaint ({chain}: {len(repaint):,} network "
+                  f"calls a batch) on {run.denoiser.device} into {out_dir}", markup=False, soft_wrap=True)
 
 
 def run_and_image(run: Optional[Path], image: Optional[Path]) -> tuple[Optional[Path], Path]:
