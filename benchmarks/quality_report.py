@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+REPO = Path(__file__).resolve().parents[1]
 TITLE = "# Sample quality on the CPU: FID and colours against wall-clock"
 
 HEAD = (
@@ -92,12 +93,14 @@ def commands(records: list[dict[str, Any]]) -> list[str]:
         if key not in seen:
             m = r.get("machine") or {}
             where = f"{m.get('cpu', '?')}, {m.get('threads', '?')} threads, load {m.get('load', '?')}"
-            seen[key] = f"- **{r['name']}** ({str(r.get('date', '?'))[:16]}; {where}): `{r.get('command', '?')}`"
+            note = f" {r['note']}" if r.get("note") else ""  # what a record's numbers alone do not say
+            seen[key] = f"- **{r['name']}** ({str(r.get('date', '?'))[:16]}; {where}): `{r.get('command', '?')}`{note}"
     return list(seen.values())
 
 
 def markdown(records: list[dict[str, Any]], source: Path, made_by: str, skipped: int = 0) -> str:
-    lines = [TITLE, "", f"From `{source}` ({len(records)} evaluations), written by `{made_by}`.", ""]
+    shown = source.relative_to(REPO) if source.is_relative_to(REPO) else source
+    lines = [TITLE, "", f"From `{shown}` ({len(records)} evaluations), written by `{made_by}`.", ""]
     lines += [
         "FID: samples of the EMA model against the first `ref_n` images of the training split "
         "(Inception pool3, `ddpmkit fid`); FID of fewer than 2,048 samples is biased upwards, compare "

@@ -540,6 +540,22 @@ def test_the_page_in_chromium(served, browser, tmp_path):
     status, jobs = served.get("/api/jobs")
     masked = [j["result"]["masked"] for j in jobs["jobs"] if j["kind"] == "inpaint" and j["state"] == "done"][-1]
     assert 0.02 < masked < 0.5  # the stroke, not the whole face
+    # two uploaded faces, walked into each other through DDIM inversion on the unconditional run
+    page.select_option("#run", "plain")
+    page.click("nav button[data-panel=interpolate]")
+    for k, side in ((1, "a"), (2, "b")):
+        (tmp_path / f"face{k}.png").write_bytes(face_png(16, k))
+        with page.expect_response(lambda r: r.url.endswith("/api/upload") and r.ok):
+            page.set_input_files(f"#int-file-{side}", str(tmp_path / f"face{k}.png"))
+    for name, value in (("frames", "3"), ("steps", "3"), ("refine", "0")):
+        page.fill(f"#int-form [name={name}]", value)
+    page.click("#int-form button[type=submit]")
+    until(page, "() => /^(done|failed)/.test(document.querySelector('#int-job .status').textContent)")
+    assert page.inner_text("#int-job .status").startswith("done"), page.inner_text("#int-job .status")
+    until(page, "() => [...document.querySelectorAll('#int-job img')].every(i => i.complete)")
+    assert decoded(page, "#int-job .wide img")[0] >= 3 * 16  # the strip: the three frames side by side
+    assert decoded(page, "#int-job .live img")[0] > 0  # the GIF
+    assert page.locator("#int-job .links a", has_text="frame").count() == 3
     page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
     assert page.get_attribute("body", "data-js-errors") == "0"
     assert problems == []
