@@ -117,7 +117,10 @@ def train_command(a: argparse.Namespace) -> list[str]:
     extra = list(SCRIPT_SETS)
     if a.evals:
         every = math.gcd(*a.evals, *([a.steps] if a.steps else []))
-        extra += [f"train.ckpt_every={every}", f"train.keep_checkpoints={max(a.evals) // every + 2}"]
+        # every checkpoint of the run is kept: a --time run's length is known only once it is fitted,
+        # and keeping fewer let the last checkpoints push out the first eval point
+        keep = a.steps // every + 1 if a.steps else 64
+        extra += [f"train.ckpt_every={every}", f"train.keep_checkpoints={keep}"]
     for s in extra + a.sets:
         cmd += ["--set", s]
     return cmd

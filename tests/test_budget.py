@@ -219,6 +219,7 @@ def test_replan_fits_the_rest_of_a_resumed_run_to_the_budget(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.fid_weights
 def test_previews_and_fid_probes_are_timed_and_counted_as_they_happen(tmp_path):
     """With grids and FID during training the trial times one grid and estimates one probe; the
     run then does as many of each as the plan counted. (A probe costs seconds on a CPU, mostly

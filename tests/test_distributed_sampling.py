@@ -48,6 +48,7 @@ def test_two_processes_write_the_images_of_one(run):
     assert proc.stderr.count("sampling 6 images") == 1 and "x 2 processes" in proc.stderr  # process 0 speaks
 
 
+@pytest.mark.fid_weights
 def test_two_processes_give_the_fid_of_one(run):
     _one_process(["sample", str(run / "run"), "--n", "4", *OPTS, "--out", str(run / "ref")])
     fid = ["fid", str(run / "run"), str(run / "ref" / "images"), "--set", f"fid.n={N}", *OPTS,

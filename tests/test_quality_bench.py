@@ -70,6 +70,9 @@ def test_training_command_keeps_the_checkpoints_to_evaluate(tmp_path):
     assert sets.index("train.sample_every=0") < sets.index("train.lr=2e-3")  # the user's --set wins
     assert cmd[cmd.index("--max-steps") + 1] == "1500" and cmd[cmd.index("--run-dir") + 1] == str(tmp_path / "b")
     assert a.x0_modes == ["none", "dynamic"] and a.samplers == ["ddim"] and a.step_list == [50]
+    # a budgeted run's length is unknown here: its later checkpoints must not push out the eval points
+    timed = quality_cpu.train_command(quality_cpu.parse_args(["--name", "t", "--time", "60m", "--evals-at", "1200,2400"]))
+    assert "train.keep_checkpoints=64" in timed and "train.ckpt_every=1200" in timed
 
 
 def test_a_time_budget_reaches_the_training_command_and_the_table(tmp_path):
