@@ -28,7 +28,7 @@ from ddpmkit.settings import build_settings
 from ddpmkit.train import train
 from ddpmkit.train.budget import Costs, Every, events, length_rule, run_seconds, steps_within
 from ddpmkit.train.optim import lr_at, warmup_of
-from ddpmkit.train.refit import refit_step
+from ddpmkit.train.refit import refit_steps
 
 from conftest import REPO, tiny
 
@@ -260,13 +260,13 @@ def test_a_step_count_wins_over_a_budget_in_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("start,end,budget_s,step_s,at", [
-    (0, 5524, 3600, 0.65, 167),      # an hour: refit after 3% of it, 108 s of steps
-    (0, 1500, 300, 0.2, 300),        # five minutes: after the one-minute floor, 20% of the run
-    (0, 100, 20, 0.2, None),         # 20 s: the minute would be past a quarter of the run
-    (2000, 6000, 3600, 0.65, 2167),  # a --replan from step 2,000
+    (0, 5524, 3600, 0.65, (167, 1381)),      # an hour: after 3% of it (108 s of steps), then at a quarter
+    (0, 1500, 300, 0.2, (300,)),             # five minutes: after the one-minute floor; a quarter is too near
+    (0, 100, 20, 0.2, ()),                   # 20 s: the minute would be past a quarter of the run
+    (2000, 6000, 3600, 0.65, (2167, 3000)),  # a --replan from step 2,000
 ])
-def test_the_refit_step(start, end, budget_s, step_s, at):
-    assert refit_step(start, end, budget_s, step_s) == at
+def test_the_refit_steps(start, end, budget_s, step_s, at):
+    assert refit_steps(start, end, budget_s, step_s) == at
 
 
 class _Run:
@@ -303,7 +303,7 @@ def test_a_run_refits_once_when_its_steps_run_faster_than_the_trial_said(monkeyp
     monkeypatch.setattr(R.time, "monotonic", lambda: clock["now"])
     lines: list[str] = []
     run = _Run(1000)
-    cb = R.Refit(budget_s=700.0, started=-0.0, costs=Costs(step_s=0.7), every=Every(), at=100, log=lines.append)
+    cb = R.Refit(budget_s=700.0, started=-0.0, costs=Costs(step_s=0.7), every=Every(), at=(100,), log=lines.append)
     for step in range(1, 200):
         clock["now"] += real_step_s
         run.step = step
@@ -311,17 +311,42 @@ def test_a_run_refits_once_when_its_steps_run_faster_than_the_trial_said(monkeyp
     if changes:
         expected = steps_within(700.0 - 100 * real_step_s, 100, Costs(step_s=real_step_s), Every())
         assert run.total == expected > 1000 and run.retotalled == 1
-        assert run.info_updates[0]["total_steps"] == expected and run.run_info["budget"]["refit"]["at_step"] == 100
+        assert run.info_updates[0]["total_steps"] == expected and run.run_info["budget"]["refits"][0]["at_step"] == 100
         assert len(lines) == 1 and "refitted to the budget after 100 steps" in lines[0] and "(was 1,000)" in lines[0]
     else:
         assert run.total == 1000 and run.retotalled == 0 and not lines
     assert cb.done
 
 
+def test_a_machine_that_slows_after_the_first_refit_is_caught_by_the_second(monkeypatch):
+    """Steps of 0.5 s up to the first refit (step 100) lengthen the run; when the machine then slows
+    to 0.625 s a step, the second refit (step 300) measures only the steps since the first and
+    shortens the run to what fits in the rest of the 700 s."""
+    from ddpmkit.train import refit as R
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(R.time, "perf_counter", lambda: clock["now"])
+    monkeypatch.setattr(R.time, "monotonic", lambda: clock["now"])
+    lines: list[str] = []
+    run = _Run(1000)
+    cb = R.Refit(budget_s=700.0, started=0.0, costs=Costs(step_s=0.7), every=Every(), at=(100, 300), log=lines.append)
+    for step in range(1, 400):
+        clock["now"] += 0.5 if step <= 100 else 0.625  # binary fractions: the clock adds up exactly
+        run.step = step
+        cb(run)
+    first = steps_within(700.0 - 50.0, 100, Costs(step_s=0.5), Every())
+    second = steps_within(700.0 - 50.0 - 200 * 0.625, 300, Costs(step_s=0.625), Every())
+    assert second < first and run.total == second and run.retotalled == 2 and cb.done
+    assert [r["at_step"] for r in run.run_info["budget"]["refits"]] == [100, 300]
+    assert run.run_info["budget"]["refits"][1]["total_before"] == first
+    assert len(lines) == 2 and f"(was {first:,})" in lines[1]
+
+
 def test_a_real_run_refits_early_and_still_ends_on_its_schedule(tmp_path, monkeypatch):
-    """With the refit brought forward to the run's second step (and any change taken), a budgeted
-    run refits once, records it, and ends at the new length with the last learning rate of the
-    new schedule: the log's last step is the run's total and its lr the schedule's last."""
+    """With the first refit brought forward to the run's third step (and any change taken), a
+    budgeted run refits there and at a quarter of the run, records both, and ends at the new
+    length with the last learning rate of the new schedule: the log's last step is the run's
+    total and its lr the schedule's last."""
     from ddpmkit.train import refit as R
 
     monkeypatch.setattr(R, "REFIT_MIN_S", 0.0)
@@ -331,9 +356,10 @@ def test_a_real_run_refits_early_and_still_ends_on_its_schedule(tmp_path, monkey
     said: list[str] = []
     result = train(_budgeted(run, "8s"), log=said.append, progress=False)
     info = _info(run)
-    assert sum("refitted to the budget after" in m for m in said) == 1, said
-    refit = info["budget"]["refit"]
-    assert refit["at_step"] <= 3 and info["total_steps"] == info["budget"]["total_steps"] == result.step
+    refits = info["budget"]["refits"]
+    assert sum("refitted to the budget after" in m for m in said) == len(refits) == 2, said
+    assert refits[0]["at_step"] <= 3 < refits[1]["at_step"]
+    assert info["total_steps"] == info["budget"]["total_steps"] == result.step
     log, tc, n = _log(run), _budgeted(run, "8s").train, result.step
     assert log[-1]["step"] == n
     assert log[-1]["lr"] == pytest.approx(lr_at(n - 1, tc.lr, warmup_of(tc, n), n, "cosine"), rel=1e-9)

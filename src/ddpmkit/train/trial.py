@@ -11,7 +11,7 @@
   fixed length would, and the time the trial took counts as start-up. The main rank fits the
   length (`budget.steps_within`) and every rank takes its number.
 - A resume without --replan keeps the length its run info holds: the schedule goes on as planned.
-- A fitted run refits its length once, early, from its own steps (train/refit.py).
+- A fitted run refits its length twice, early, from its own steps (train/refit.py).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from ddpmkit.images import to_uint8
 from ddpmkit.report import write_report
 from ddpmkit.train.budget import BudgetPlan, Costs, Every, steps_within
 from ddpmkit.train.periodic import FidProbe, PreviewGrids, ema_images
-from ddpmkit.train.refit import Refit, refit_step
+from ddpmkit.train.refit import Refit, refit_steps
 from ddpmkit.train.rundir import RunDir
 from ddpmkit.train.state import TrainState
 from ddpmkit.train.trainer import Log, Trainer
@@ -88,9 +88,9 @@ class TimedLength:
                                f"{one:.2g}s; give more time")
         plan = BudgetPlan(self.budget, budget_s, start, end, spent, trainer.cfg.batch_size, costs, self.every)
         trainer.set_total(end)
-        at = refit_step(start, end, budget_s, costs.step_s) if trainer.dist.is_main else None
-        at = int(trainer.dist.from_main([float(at or -1)])[0])
-        if at > 0:  # once, early: the run's own steps measure its pace better than the trial (train/refit.py)
+        at = refit_steps(start, end, budget_s, costs.step_s) if trainer.dist.is_main else ()
+        at = tuple(int(a) for a in trainer.dist.from_main([float(a) for a in (*at, -1, -1)[:2]]) if a > 0)
+        if at:  # early: the run's own steps measure its pace better than the trial (train/refit.py)
             trainer.on_step.append(Refit(budget_s, self.started, costs, self.every, at, self.log))
         trainer.plan.fit = plan.fit()
         trainer.run_info["budget"] = plan.record()
