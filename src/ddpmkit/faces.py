@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ddpmkit.data.synthetic import draw_face
-from ddpmkit.images import load_face
+from ddpmkit.images import from_uint8, load_face
 from ddpmkit.settings import Settings
 
 DEMO = re.compile(r"demo:(\d+)$")  # demo:K: demo face K
@@ -55,4 +55,4 @@ def read_face(source: str | Path, settings: Settings) -> tuple[Tensor, tuple[int
 
 def face_x0(source: str | Path, settings: Settings) -> Tensor:
     """The face as a model input: (1, 3, S, S) float32 in [-1, 1], on the CPU."""
-    return (read_face(source, settings)[0].float() / 127.5 - 1.0).unsqueeze(0)
+    return from_uint8(read_face(source, settings)[0]).unsqueeze(0)

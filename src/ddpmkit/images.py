@@ -39,6 +39,11 @@ def to_uint8(x: Tensor) -> Tensor:
     return ((x.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
+def from_uint8(x: Tensor) -> Tensor:
+    """uint8 (any shape) in [0, 255] -> float32 in [-1, 1], on x's device: to_uint8's inverse."""
+    return x.float() / 127.5 - 1.0
+
+
 def _to_pil(img: Tensor) -> Image.Image:
     """(3, H, W) uint8 -> an RGB PIL image."""
     return Image.fromarray(img.permute(1, 2, 0).contiguous().numpy())
@@ -125,7 +130,7 @@ def _frame_array(frame: Frame) -> np.ndarray:
     if isinstance(frame, Image.Image):
         return np.asarray(frame.convert("RGB"))
     if frame.ndim == 4:
-        frame = frame.float() / 127.5 - 1.0 if frame.dtype == torch.uint8 else frame
+        frame = from_uint8(frame) if frame.dtype == torch.uint8 else frame
         return np.asarray(make_grid_image(frame))
     if frame.ndim == 3:
         img = frame if frame.dtype == torch.uint8 else to_uint8(frame.unsqueeze(0))[0]
@@ -252,8 +257,7 @@ def load_image(path: Path | str, size: int | None = None) -> Tensor:
         raise _unreadable(path, e) from None
     if size is not None and img.width != size:
         img = img.resize((size, size), Image.Resampling.LANCZOS)
-    arr = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float()
-    return (arr / 127.5 - 1.0).unsqueeze(0)
+    return from_uint8(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)).unsqueeze(0)
 
 
 def load_face(path: Path | str, crop: str, size: int) -> tuple[Tensor, tuple[int, int]]:

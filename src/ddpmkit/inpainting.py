@@ -20,7 +20,7 @@ from torch import Tensor
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.generate import OpenRun
 from ddpmkit.faces import data_crop, demo_index, read_face
-from ddpmkit.images import save_grid, save_png, to_uint8
+from ddpmkit.images import from_uint8, save_grid, save_png, to_uint8
 from ddpmkit.masks import MASKS, resolve_mask
 from ddpmkit.diffusion import EpsModel
 from ddpmkit.samplers import DDPMSampler, PerImageNoise, StepCallback
@@ -88,7 +88,7 @@ def fills(run: OpenRun, repaint: RePaint, face: Face, *, n: int, seed: int, batc
     dev = run.denoiser.device
     eps = run.denoiser.eps()
     eps = eps_wrap(eps) if eps_wrap is not None else eps
-    x0 = (face.pixels.float() / 127.5 - 1.0).unsqueeze(0).to(dev)
+    x0 = from_uint8(face.pixels).unsqueeze(0).to(dev)
     mask = face.fill[None, None].to(dev)
     done = 0
     while done < n:
@@ -108,7 +108,7 @@ def save_fills(batch: Tensor, folder: Path, first: int) -> None:
 
 def mask_overlay(face: Face) -> Tensor:
     """The input with the region to fill tinted magenta: (3, S, S) in [-1, 1]."""
-    x = face.pixels.float() / 127.5 - 1.0
+    x = from_uint8(face.pixels)
     tint = torch.tensor(TINT).reshape(3, 1, 1)
     return torch.where(face.fill, 0.35 * x + 0.65 * tint, x)
 
@@ -116,8 +116,8 @@ def mask_overlay(face: Face) -> Tensor:
 def write_pictures(out_dir: Path, face: Face, filled: Tensor) -> None:
     """grid.png (input | mask on the input | the fills), input.png and mask.png (white = fill).
     filled: (n, 3, S, S) uint8."""
-    x = face.pixels.float() / 127.5 - 1.0
-    pictures = torch.cat([x[None], mask_overlay(face)[None], filled.float() / 127.5 - 1.0])
+    x = from_uint8(face.pixels)
+    pictures = torch.cat([x[None], mask_overlay(face)[None], from_uint8(filled)])
     save_grid(pictures, out_dir / "grid.png", nrow=min(GRID_ROW, len(pictures)))
     save_png(Image.fromarray(face.pixels.permute(1, 2, 0).contiguous().numpy()), out_dir / "input.png")
     save_png(Image.fromarray(face.fill.numpy().astype("uint8") * 255, "L"), out_dir / "mask.png")
